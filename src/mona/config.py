@@ -1,0 +1,219 @@
+"""One config system: typed dataclasses, YAML presets and `key.sub=value` overrides.
+
+A run's resolved config is written to `config.yaml` in its folder and stored in every
+checkpoint, so `mona train --config RUN/config.yaml` and `--resume RUN` replay it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mona.errors import MonaError
+
+
+@dataclass
+class DataConfig:
+    root: str = ""
+    labeled: str = "7"  # labeled patients, first N in train_slices.list order, or "all"
+    image_size: int = 256  # slices are resized to image_size x image_size for the network
+    batch_labeled: int = 12
+    batch_unlabeled: int = 12
+    num_classes: int = 0  # 0 = read from the dataset's metadata (mona.json), else 4 (ACDC)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    poly_power: float = 0.9
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 30000
+    val_every: int = 200
+    log_every: int = 20
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = False  # bf16 autocast (CPU and CUDA)
+    amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a gradient scaler, CUDA only)
+    channels_last: bool = True
+    compile: bool = False
+    progress: bool = True
+
+
+@dataclass
+class MeanTeacherConfig:
+    ema: float = 0.99
+    consistency: float = 0.1
+    rampup: float = 0.4  # fraction of the run over which the consistency weight ramps up (sigmoid)
+    noise: float = 0.1  # std of Gaussian noise on the teacher input (clipped to +-2 std)
+
+
+@dataclass
+class MonaConfig:
+    """MONA hyperparameters (MONA_SPEC sections 3 and 4) and ablation switches."""
+
+    stage: str = "both"  # both | pretrain | finetune
+    pretrain_iterations: int = 0  # 0 = same as train.iterations
+    pretrain_batch_labeled: int = 3
+    pretrain_batch_unlabeled: int = 3
+    finetune_batch_labeled: int = 4
+    finetune_batch_unlabeled: int = 4
+    init_from: str = ""  # a pretrain run folder (or checkpoint) to start fine-tuning from
+    ema: float = 0.99
+    # stage 1
+    queue_size: int = 36
+    tau_student: float = 0.1
+    tau_teacher: float = 0.01
+    global_weight: float = 1.0
+    local_weight: float = 1.0
+    patch_size: int = 64
+    patch_stride: int = 32
+    # stage 2 switches
+    pretrain: bool = True
+    tailness: bool = True
+    consistency: bool = True
+    diversity: bool = True
+    strong_aug: bool = True
+    # stage 2 weights and parameters
+    contrast_weight: float = 0.01
+    unsup_weight: float = 1.0
+    eqv_weight: float = 1.0
+    nn_weight: float = 1.0
+    confidence_threshold: float = 0.97
+    eqv_confidence: float = 0.7
+    num_queries: int = 256
+    num_negatives: int = 512
+    contrast_temperature: float = 0.5
+    bank_size: int = 30000
+    background_bank_size: int = 50000
+    embed_dim: int = 128
+    nn_bank_size: int = 36
+    nn_topk: int = 5
+
+
+@dataclass
+class Config:
+    method: str = "supervised"  # supervised | mean_teacher | mona
+    out: str = "runs/run"
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
+    mona: MonaConfig = field(default_factory=MonaConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("mona.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str | Path) -> dict[str, Any]:
+    """Read a preset by name (e.g. `cpu-small`) or a YAML file path."""
+    if source in preset_names():
+        text = resources.files("mona.presets").joinpath(f"{source}.yaml").read_text()
+        where = f"preset {source}"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise MonaError(f"no such config file or preset (presets: {', '.join(preset_names())})", path)
+        text, where = path.read_text(), str(path)
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise MonaError(f"not valid YAML: {exc}", where) from None
+    if not isinstance(values, dict):
+        raise MonaError("a config file must hold a mapping of sections", where)
+    return values
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check a YAML value against the dataclass field type (int is accepted for float)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MonaError(f"config key {key!r} expects {kind.__name__}, got {value!r}")
+    return value
+
+
+def _apply(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(target))
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            raise MonaError(f"unknown config key {name!r}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise MonaError(f"config key {name!r} is a section, give it a mapping")
+            _apply(current, value, prefix=f"{name}.")
+        else:
+            setattr(target, key, _coerce(value, hints[key], name))
+
+
+def _parse_override(text: str) -> dict[str, Any]:
+    if "=" not in text:
+        raise MonaError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load_config(sources: list[str | Path] = (), overrides: list[str] = (), base: Config | None = None) -> Config:
+    """Build a Config: defaults (or `base`), then each preset/file in order, then overrides."""
+    config = base if base is not None else Config()
+    for source in sources:
+        _apply(config, _read_yaml(source))
+    for text in overrides:
+        _apply(config, _parse_override(text))
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config saved by `to_dict` (e.g. from a checkpoint)."""
+    config = Config()
+    _apply(config, values)
+    return config
+
+
+def validate(config: Config) -> None:
+    if config.method not in ("supervised", "mean_teacher", "mona"):
+        raise MonaError(f"unknown method {config.method!r} (supervised, mean_teacher, mona)")
+    if config.train.device not in ("auto", "cpu", "cuda"):
+        raise MonaError(f"train.device must be auto, cpu or cuda, not {config.train.device!r}")
+    if config.train.amp_dtype not in ("bf16", "fp16"):
+        raise MonaError(f"train.amp_dtype must be bf16 or fp16, not {config.train.amp_dtype!r}")
+    if config.mona.stage not in ("both", "pretrain", "finetune"):
+        raise MonaError(f"mona.stage must be both, pretrain or finetune, not {config.mona.stage!r}")
+    labeled = config.data.labeled
+    if labeled != "all" and not (labeled.isdigit() and int(labeled) > 0):
+        raise MonaError(f"data.labeled must be a positive number of patients or 'all', not {labeled!r}")
+    if config.data.image_size % 16:
+        raise MonaError(f"data.image_size must be a multiple of 16 (the UNet pools 4 times), not {config.data.image_size}")
+
+
+def save_config(config: Config, path: Path) -> None:
+    from mona.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

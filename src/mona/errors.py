@@ -1,0 +1,13 @@
+"""The one error type users see: a message naming the file and the problem, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MonaError(Exception):
+    """A problem with the user's input (file, config, checkpoint) that the CLI reports in one line."""
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
