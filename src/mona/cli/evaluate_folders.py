@@ -1,0 +1,43 @@
+"""Score a folder of predicted label volumes against a folder of truths (`--pred DIR --truth DIR`).
+
+The main CLI adds these arguments to its `evaluate` verb and calls `run_folders`;
+`MonaError`s go up to it, which prints them in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mona.errors import MonaError
+from mona.evaluation.report import compare_folders, format_table, write_csv, write_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --pred, --truth, --num-classes, --spacing-from, --json and --csv (optional in argparse so
+    the verb can also take a run folder; `run_folders` checks the ones it needs)."""
+    group = parser.add_argument_group("compare two folders")
+    group.add_argument("--pred", type=Path, metavar="DIR", help="predicted label volumes (.nii.gz, .nii, .h5)")
+    group.add_argument("--truth", type=Path, metavar="DIR", help="truth label volumes, matched to --pred by name")
+    group.add_argument("--num-classes", type=int, metavar="C", help="number of classes, background included")
+    group.add_argument(
+        "--spacing-from", choices=("truth", "pred", "none"), default="truth",
+        help="whose voxel spacing gives distances in mm ('none': in voxels, as the papers report)",
+    )
+    group.add_argument("--json", type=Path, metavar="FILE", help="write the per-class summary here")
+    group.add_argument("--csv", type=Path, metavar="FILE", help="write one row per case and class here")
+
+
+def run_folders(args: argparse.Namespace) -> int:
+    """Compare the folders, print the table, write the requested files; returns the exit code 0."""
+    if args.pred is None or args.truth is None:
+        raise MonaError("comparing folders needs both --pred DIR and --truth DIR")
+    if args.num_classes is None or args.num_classes < 2:
+        raise MonaError("--num-classes C (2 or more, background included) is required with --pred and --truth")
+    rows, summary = compare_folders(args.pred, args.truth, args.num_classes, spacing_from=args.spacing_from)
+    print(format_table(summary))
+    if args.csv is not None:
+        write_csv(rows, args.csv)
+    if args.json is not None:
+        write_json(summary, args.json)
+    return 0

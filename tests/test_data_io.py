@@ -1,0 +1,155 @@
+"""Volume I/O: NIfTI and h5 round trips, axis order, atomic writes and every bad input."""
+
+from __future__ import annotations
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mona.data.io import Volume, check_labels, read_label_volume, read_volume, write_label_volume
+from mona.errors import MonaError
+
+ZOOMS_XYZ = (0.7, 0.8, 3.0)
+
+
+def oblique_affine() -> np.ndarray:
+    """A rotated, translated affine with anisotropic zooms ZOOMS_XYZ."""
+    c, s = np.cos(0.3), np.sin(0.3)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag(ZOOMS_XYZ)
+    affine[:3, 3] = (-12.5, 40.0, 7.25)
+    return affine
+
+
+def write_nifti(path, data_xyz, affine=None):
+    nib.save(nib.Nifti1Image(data_xyz, oblique_affine() if affine is None else affine), path)
+    return path
+
+
+def write_h5(path, **datasets):
+    attrs = datasets.pop("attrs", {})
+    with h5py.File(path, "w") as f:
+        for key, value in datasets.items():
+            f.create_dataset(key, data=value)
+        f.attrs.update(attrs)
+    return path
+
+
+def labels_dhw(shape=(4, 6, 5), seed=0):
+    return np.random.default_rng(seed).integers(0, 4, size=shape).astype(np.uint8)
+
+
+def test_nifti_is_read_as_zyx_with_spacing_and_geometry(tmp_path):
+    data_xyz = np.random.default_rng(0).random((5, 6, 4)).astype(np.float32)
+    vol = read_volume(write_nifti(tmp_path / "img.nii.gz", data_xyz))
+    assert vol.image.shape == (4, 6, 5) and vol.image.dtype == np.float32 and vol.label is None
+    np.testing.assert_array_equal(vol.image, np.transpose(data_xyz, (2, 1, 0)))
+    assert vol.spacing == pytest.approx(ZOOMS_XYZ[::-1])
+    np.testing.assert_allclose(vol.affine, oblique_affine(), atol=1e-5)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+def test_nifti_label_round_trip_keeps_affine_and_zooms(tmp_path, ext):
+    reference = read_volume(write_nifti(tmp_path / f"img{ext}", np.zeros((5, 6, 4), np.float32)))
+    labels = labels_dhw()
+    out = tmp_path / "sub" / f"pred{ext}"
+    write_label_volume(out, labels, reference)
+    img = nib.load(out)
+    assert img.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(img.affine, oblique_affine(), atol=1e-5)
+    assert img.header.get_zooms() == pytest.approx(ZOOMS_XYZ)
+    np.testing.assert_array_equal(np.asanyarray(img.dataobj), np.transpose(labels, (2, 1, 0)))
+    np.testing.assert_array_equal(read_label_volume(out), labels)
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary left
+
+
+def test_nifti_without_reference_geometry_uses_spacing(tmp_path):
+    labels = labels_dhw()
+    write_label_volume(tmp_path / "a.nii.gz", labels, Volume(spacing=(3.0, 0.8, 0.7)))
+    write_label_volume(tmp_path / "b.nii.gz", labels)
+    assert read_volume(tmp_path / "a.nii.gz", labels_only=True).spacing == pytest.approx((3.0, 0.8, 0.7))
+    np.testing.assert_array_equal(nib.load(tmp_path / "b.nii.gz").affine, np.eye(4))
+
+
+def test_h5_round_trip_and_overwrite(tmp_path):
+    out = tmp_path / "pred.h5"
+    write_label_volume(out, labels_dhw(seed=1), Volume(spacing=(2.0, 1.0, 1.5)))
+    labels = labels_dhw(seed=2)
+    write_label_volume(out, labels, Volume(spacing=(2.0, 1.0, 1.5)))
+    vol = read_volume(out)
+    assert vol.image is None and vol.label.dtype == np.uint8 and vol.spacing == (2.0, 1.0, 1.5)
+    np.testing.assert_array_equal(vol.label, labels)
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.h5"]
+
+
+def test_h5_with_image_label_and_without_spacing(tmp_path):
+    image = np.random.default_rng(0).random((4, 6, 5))
+    vol = read_volume(write_h5(tmp_path / "case.h5", image=image, label=labels_dhw()))
+    assert vol.image.dtype == np.float32 and vol.spacing is None and vol.affine is None
+    np.testing.assert_allclose(vol.image, image, rtol=1e-6)
+    assert read_volume(tmp_path / "case.h5", labels_only=True).image is None
+
+
+def test_float_labels_are_accepted_when_whole(tmp_path):
+    labels = labels_dhw()
+    path = write_nifti(tmp_path / "seg.nii.gz", np.transpose(labels, (2, 1, 0)).astype(np.float32))
+    out = read_label_volume(path)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, labels)
+
+
+def test_writer_rejects_a_shape_that_differs_from_the_reference(tmp_path):
+    with pytest.raises(MonaError, match="pred.h5"):
+        write_label_volume(tmp_path / "pred.h5", labels_dhw(), Volume(label=labels_dhw((4, 6, 6))))
+    assert not any(tmp_path.iterdir())
+
+
+def write_bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def truncated_nifti(tmp_path):
+    noise = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)  # does not compress
+    whole = write_nifti(tmp_path / "whole.nii.gz", noise).read_bytes()
+    return write_bytes(tmp_path / "truncated.nii.gz", whole[: len(whole) // 2])
+
+
+NAN_IMAGE = np.where(np.arange(60).reshape(3, 4, 5) == 17, np.nan, 0.0).astype(np.float32)
+
+# Each bad input: a maker writing the file under tmp_path, and the reader that must reject it.
+BAD_INPUTS = {
+    "missing": (lambda d: d / "absent.h5", read_volume),
+    "not_h5": (lambda d: write_bytes(d / "garbage.h5", b"not an hdf5 file" * 8), read_volume),
+    "truncated_nifti": (truncated_nifti, read_volume),
+    "no_keys": (lambda d: write_h5(d / "nokeys.h5", other=np.zeros((2, 2, 2))), read_volume),
+    "no_label": (lambda d: write_h5(d / "nolabel.h5", image=np.zeros((2, 2, 2))), read_label_volume),
+    "nifti_4d": (lambda d: write_nifti(d / "fourd.nii.gz", np.zeros((3, 3, 3, 2), np.float32)), read_volume),
+    "h5_2d": (lambda d: write_h5(d / "slice.h5", image=np.zeros((4, 4))), read_volume),
+    "nan_h5": (lambda d: write_h5(d / "nan.h5", image=NAN_IMAGE), read_volume),
+    "nan_nifti": (lambda d: write_nifti(d / "nan.nii", NAN_IMAGE), read_volume),
+    "fractional_labels": (lambda d: write_h5(d / "frac.h5", label=np.full((2, 2, 2), 0.5)), read_volume),
+    "negative_labels": (lambda d: write_h5(d / "neg.h5", label=np.full((2, 2, 2), -1)), read_label_volume),
+    "bad_spacing": (lambda d: write_h5(d / "sp.h5", label=np.zeros((2, 2, 2)), attrs={"spacing": [1.0, 0.0]}), read_volume),
+    "mismatched_keys": (lambda d: write_h5(d / "mis.h5", image=np.zeros((2, 2, 2)), label=np.zeros((2, 2, 3))), read_volume),
+    "wrong_extension": (lambda d: write_bytes(d / "vol.npy", b"x"), read_volume),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_raises_mona_error_naming_the_file(tmp_path, case):
+    make, reader = BAD_INPUTS[case]
+    path = make(tmp_path)
+    with pytest.raises(MonaError) as info:
+        reader(path)
+    assert path.name in str(info.value)
+
+
+def test_check_labels(tmp_path):
+    labels = labels_dhw()  # values 0..3
+    check_labels(labels, 4, tmp_path / "ok.h5")
+    with pytest.raises(MonaError, match=r"few\.h5.*0\.\.2.*found 0\.\.3"):
+        check_labels(labels, 3, tmp_path / "few.h5")
+    with pytest.raises(MonaError, match="neg.nii"):
+        check_labels(labels.astype(np.int16) - 1, 4, tmp_path / "neg.nii")
