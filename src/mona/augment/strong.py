@@ -1,0 +1,201 @@
+"""MONA's strong augmentation of the student's unlabeled input (spec section 4) and stage 1's teacher view.
+
+Everything runs batched on the tensors' device (no PIL, no numpy: spec defect 7) and every
+random draw comes from the `torch.Generator` passed in, so the same seed gives the same output.
+Images are (B, 1, H, W) floats in [0, 1], pseudo-labels (B, H, W) long, confidences (B, H, W)
+float. Geometric changes move the pseudo-labels and confidences with the image (spec defect 3):
+images and confidences are resampled bilinearly, labels with nearest, and everything outside
+the image becomes 0 (background, zero confidence). Photometric ops keep the input dtype (bf16
+included); geometric ones sample in float32 and return the input dtype (see `warp.resample`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from kornia.enhance import adjust_contrast, adjust_contrast_with_mean_subtraction
+from kornia.filters import gaussian_blur2d
+
+from mona.augment.warp import as_size, identity_grid, resample, uniform
+
+VELOCITY_SMOOTHING = 3.0
+"""Gaussian sigma, in cells of the velocity grid, that makes the random velocity field smooth."""
+
+
+def _per_sample(generator: torch.Generator, image: torch.Tensor, p: float) -> torch.Tensor:
+    """(B, 1, 1, 1) bool: which samples an op with probability `p` applies to."""
+    return (uniform(generator, (image.shape[0],), 0.0, 1.0, image.device) < p).view(-1, 1, 1, 1)
+
+
+def cutmix(
+    image: torch.Tensor, pseudo_label: torch.Tensor, confidence: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Paste into every sample a box of half the image area taken from another sample of the batch.
+
+    The partner of each sample comes from a random permutation followed by a random cyclic
+    shift, so it is never the sample itself (when B > 1). The box width is uniform in
+    [W/2, W], its height makes the area H*W/2 (to rounding), its position uniform. Pseudo-labels
+    and confidences are mixed in exactly the pixels of the image. Returns the mixed image,
+    pseudo-label and confidence and the (B, H, W) bool box mask (True = pasted from the partner).
+    """
+    batch, _, height, width = image.shape
+    device = image.device
+    order = torch.randperm(batch, generator=generator, device=generator.device).to(device)
+    shift = torch.randint(1, max(batch, 2), (1,), generator=generator, device=generator.device).to(device)
+    partner = torch.empty_like(order)
+    partner[order] = order[(torch.arange(batch, device=device) + shift) % batch]
+
+    draws = uniform(generator, (batch, 3), 0.0, 1.0, device)
+    min_width = math.ceil(width / 2)
+    box_w = (min_width + (draws[:, 0] * (width - min_width + 1)).floor()).clamp(max=width)
+    box_h = (height * width / 2 / box_w).round().clamp(1, height)
+    x0 = (draws[:, 1] * (width - box_w + 1)).floor()
+    y0 = (draws[:, 2] * (height - box_h + 1)).floor()
+    cols = torch.arange(width, device=device)
+    rows = torch.arange(height, device=device)
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + box_w)[:, None])
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + box_h)[:, None])
+    box = in_rows[:, :, None] & in_cols[:, None, :]
+
+    mixed_image = torch.where(box[:, None], image[partner], image)
+    mixed_label = torch.where(box, pseudo_label[partner], pseudo_label)
+    mixed_confidence = torch.where(box, confidence[partner], confidence)
+    return mixed_image, mixed_label, mixed_confidence, box
+
+
+def color_jitter(
+    image: torch.Tensor, generator: torch.Generator, p: float = 0.5, low: float = 0.75, high: float = 1.25
+) -> torch.Tensor:
+    """With probability `p` per sample, scale brightness and contrast by factors U(low, high).
+
+    Torchvision/PIL semantics, as in the authors' ColorJitter: brightness multiplies the pixel
+    values (kornia's `adjust_contrast` is that multiplication), contrast blends with the
+    image mean (`adjust_contrast_with_mean_subtraction`); both clamp to [0, 1]. Returns a new tensor.
+    """
+    batch = image.shape[0]
+    brightness = uniform(generator, (batch,), low, high, image.device)
+    contrast = uniform(generator, (batch,), low, high, image.device)
+    apply = _per_sample(generator, image, p)
+    jittered = adjust_contrast_with_mean_subtraction(adjust_contrast(image, brightness), contrast)
+    return torch.where(apply, jittered, image)
+
+
+def gaussian_blur(
+    image: torch.Tensor, generator: torch.Generator, p: float = 0.5, sigma: tuple[float, float] = (0.15, 1.15)
+) -> torch.Tensor:
+    """With probability `p` per sample, a Gaussian blur of sigma U(*sigma) pixels (one per sample).
+
+    kornia's `gaussian_blur2d` takes a (B, 2) sigma, so the whole batch is one call; the kernel
+    spans 3 sigma of the largest sigma, with reflected borders. Returns a new tensor.
+    """
+    batch = image.shape[0]
+    sigmas = uniform(generator, (batch, 1), sigma[0], sigma[1], image.device).expand(-1, 2)
+    apply = _per_sample(generator, image, p)
+    kernel = 2 * math.ceil(3 * sigma[1]) + 1
+    return torch.where(apply, gaussian_blur2d(image, kernel, sigmas), image)
+
+
+def photometric_view(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Stage 1's teacher view (spec section 3): colour jitter p 0.5 with brightness/contrast
+    factors in [0.8, 1.2], then Gaussian blur p 0.5 with sigma U(0.15, 1.15).
+
+    Returns a new tensor and never touches `image`, which stays the student's view (spec defect 4).
+    """
+    jittered = color_jitter(image, generator, p=0.5, low=0.8, high=1.2)
+    return gaussian_blur(jittered, generator, p=0.5, sigma=(0.15, 1.15))
+
+
+def random_diffeomorphism(
+    generator: torch.Generator,
+    batch: int,
+    size: int | tuple[int, int],
+    grid: int = 32,
+    magnitude: float = 1.5,
+    steps: int = 7,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """A random smooth diffeomorphic sampling grid (B, H, W, 2) for `apply_grid`, one per sample.
+
+    A Gaussian velocity field is drawn on a `grid` x `grid` lattice, smoothed (sigma
+    `VELOCITY_SMOOTHING` cells), scaled to a root-mean-square length of `magnitude` cells,
+    upsampled bilinearly to the image size and exponentiated by scaling and squaring: the
+    displacement v / 2**steps is composed with itself `steps` times. Neither kornia nor MONAI
+    offers this random stationary-velocity warp on a batch of torch tensors (MONAI's elastic
+    transforms add a displacement, which can fold), hence our own; small steps keep every
+    composition invertible, so the result is orientation-preserving. `magnitude` 0 gives the
+    identity grid. `device` defaults to the generator's.
+    """
+    device = generator.device if device is None else torch.device(device)
+    height, width = as_size(size)
+    noise = torch.randn((batch, 2, grid, grid), generator=generator, device=generator.device).to(device)
+    kernel = 2 * math.ceil(3 * VELOCITY_SMOOTHING) + 1
+    smooth = gaussian_blur2d(noise, kernel, (VELOCITY_SMOOTHING, VELOCITY_SMOOTHING))
+    rms = smooth.square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+    velocity = smooth * (magnitude * 2.0 / grid) / rms
+    displacement = F.interpolate(velocity, size=(height, width), mode="bilinear", align_corners=False) / 2**steps
+    base = identity_grid(batch, (height, width), device)
+    for _ in range(steps):
+        moved = base + displacement.permute(0, 2, 3, 1)
+        displacement = displacement + F.grid_sample(
+            displacement, moved, mode="bilinear", padding_mode="border", align_corners=False
+        )
+    return base + displacement.permute(0, 2, 3, 1)
+
+
+def apply_grid(
+    grid: torch.Tensor,
+    image: torch.Tensor | None = None,
+    label: torch.Tensor | None = None,
+    confidence: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Warp the given image (bilinear), label (nearest) and confidence (bilinear) with one grid.
+
+    Returns (image, label, confidence), None where not given; outside the image all are 0.
+    """
+    return tuple(None if t is None else resample(t, grid) for t in (image, label, confidence))
+
+
+@dataclass
+class StrongAugment:
+    """The student's strong view of an unlabeled batch, with its pseudo-labels and confidences.
+
+    In order: CutMix, colour jitter (p 0.5, factors 0.75-1.25), Gaussian blur (p 0.5, sigma
+    0.15-1.15), then with probability `deform_p` for the whole batch a random diffeomorphism
+    (32x32 velocity grid, magnitude 1.5, 7 squarings) applied to image, pseudo-label and
+    confidence alike. `enabled=False` (the ablation without strong augmentation) returns the
+    inputs unchanged.
+    """
+
+    enabled: bool = True
+    use_cutmix: bool = True
+    jitter_p: float = 0.5
+    jitter_range: tuple[float, float] = (0.75, 1.25)
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.15, 1.15)
+    deform_p: float = 0.5
+    grid: int = 32
+    magnitude: float = 1.5
+    steps: int = 7
+
+    def __call__(
+        self,
+        image: torch.Tensor,
+        pseudo_label: torch.Tensor,
+        confidence: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B,1,H,W) image, (B,H,W) pseudo-label, (B,H,W) confidence in; the same, augmented, out."""
+        if not self.enabled:
+            return image, pseudo_label, confidence
+        if self.use_cutmix:
+            image, pseudo_label, confidence, _ = cutmix(image, pseudo_label, confidence, generator)
+        image = color_jitter(image, generator, self.jitter_p, *self.jitter_range)
+        image = gaussian_blur(image, generator, self.blur_p, self.blur_sigma)
+        if uniform(generator, (1,), 0.0, 1.0, "cpu").item() < self.deform_p:
+            grid = random_diffeomorphism(generator, image.shape[0], tuple(image.shape[-2:]), self.grid,
+                                         self.magnitude, self.steps, device=image.device)
+            image, pseudo_label, confidence = apply_grid(grid, image, pseudo_label, confidence)
+        return image, pseudo_label, confidence
