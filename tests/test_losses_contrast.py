@@ -1,0 +1,204 @@
+import doctest
+import math
+
+import pytest
+import torch
+
+import mona.losses.contrast as contrast_module
+from mona.losses import AnatomicalContrastLoss, ClassMemoryBank
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+Q, N, TEMP = 4, 5, 0.5
+
+
+def reference_select(labels, probs, labeled, progress):
+    """Anchor/negative masks pixel by pixel: entropy split at the (100 - alpha_t) percentile,
+    top-3 window on labeled slices, ranks >= min(3, C - 1) on unlabeled ones."""
+    b, c, h, w = probs.shape
+    pixels = [(i, y, x) for i in range(b) for y in range(h) for x in range(w)]
+    entropy = {}
+    for i, y, x in pixels:
+        entropy[i, y, x] = -sum(float(p) * math.log(float(p)) for p in probs[i, :, y, x] if p > 0)
+    alpha = 20.0 * (1.0 - progress)
+    ordered = sorted(entropy.values())
+    k = min(max(math.ceil(len(ordered) * (100 - alpha) / 100), 1), len(ordered))
+    gamma = ordered[k - 1]
+    anchors = torch.zeros(b, c, h, w, dtype=torch.bool)
+    negatives = torch.zeros(b, c, h, w, dtype=torch.bool)
+    for i, y, x in pixels:
+        p = [float(v) for v in probs[i, :, y, x]]
+        for cls in range(c):
+            rank = sum(1 for other in p if other > p[cls])
+            if labels[i, y, x] == cls and entropy[i, y, x] <= gamma and p[cls] > 0.3:
+                anchors[i, cls, y, x] = True
+            if labeled[i]:
+                hard = rank < min(3, c) and labels[i, y, x] != cls
+            else:
+                hard = rank >= min(3, c - 1)
+            if hard and entropy[i, y, x] >= gamma and p[cls] < 0.97:
+                negatives[i, cls, y, x] = True
+    return anchors, negatives
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v.double() / v.double().norm()
+
+
+def reference_loss(student, teacher, labels, probs, labeled, progress, bank_rows, generator):
+    """Loop reference of the loss; `bank_rows` is a list per class of stored unit vectors
+    (no wrap-around), extended in place like the FIFO bank."""
+    b, d, h, w = student.shape
+    anchors, negatives = reference_select(labels, probs, labeled, progress)
+    pixels = [(i, y, x) for i in range(b) for y in range(h) for x in range(w)]
+    losses = []
+    for cls in range(probs.shape[1]):
+        bank_rows[cls].extend(_unit(teacher[i, :, y, x]).float() for i, y, x in pixels if negatives[i, cls, y, x])
+        candidates = [(i, y, x) for i, y, x in pixels if anchors[i, cls, y, x]]
+        if not candidates or not bank_rows[cls]:
+            continue
+        prototype = _unit(sum(_unit(teacher[i, :, y, x]) for i, y, x in candidates))
+        draws = torch.randint(len(candidates), (Q,), generator=generator)
+        negative_draws = torch.randint(len(bank_rows[cls]), (Q * N,), generator=generator)
+        total = 0.0
+        for q in range(Q):
+            i, y, x = candidates[int(draws[q])]
+            query = _unit(student[i, :, y, x])
+            logits = [float(query @ prototype) / TEMP]
+            logits += [float(query @ bank_rows[cls][int(negative_draws[q * N + j])].double()) / TEMP for j in range(N)]
+            top = max(logits)
+            total += -logits[0] + top + math.log(sum(math.exp(v - top) for v in logits))
+        losses.append(total / Q)
+    return sum(losses) / len(losses)
+
+
+def _batch(seed: int, num_classes: int = 4, b: int = 2, d: int = 6, h: int = 5, w: int = 6):
+    generator = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(b, num_classes, h, w, generator=generator) * 2.5, dim=1)
+    labels = probs.argmax(dim=1)
+    labels[0] = torch.randint(0, num_classes, (h, w), generator=generator)  # image 0: "ground truth"
+    student = torch.randn(b, d, h, w, generator=generator)
+    teacher = student + 0.5 * torch.randn(b, d, h, w, generator=generator)
+    labeled = torch.tensor([True] + [False] * (b - 1))
+    return student, teacher, labels, probs, labeled
+
+
+def _prefilled(num_classes: int, d: int, seed: int):
+    """A bank of 3 random rows per class, and the same rows as reference lists."""
+    generator = torch.Generator().manual_seed(seed)
+    bank = ClassMemoryBank([200] * num_classes, dim=d)
+    rows = []
+    for cls in range(num_classes):
+        x = torch.randn(3, d, generator=generator)
+        bank.push(cls, x)
+        rows.append([_unit(r).float() for r in x])
+    return bank, rows
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(contrast_module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 4, 6])
+@pytest.mark.parametrize("progress", [0.0, 0.6, 1.0])
+def test_select_matches_pixel_loop(num_classes, progress):
+    _, _, labels, probs, labeled = _batch(num_classes + int(10 * progress), num_classes, b=3)
+    anchors, negatives = AnatomicalContrastLoss().select(labels, probs, labeled, progress)
+    expected_anchors, expected_negatives = reference_select(labels, probs, labeled, progress)
+    assert torch.equal(anchors, expected_anchors)
+    assert torch.equal(negatives, expected_negatives)
+    assert anchors.any()
+
+
+def test_unlabeled_negatives_exist_for_three_classes():
+    _, _, labels, probs, _ = _batch(5, num_classes=3, b=2, h=8, w=8)
+    _, negatives = AnatomicalContrastLoss().select(labels, probs, torch.tensor([False, False]), 0.0)
+    # the authors' fixed rank window 3..19 is empty for C = 3 (spec defect 6)
+    assert negatives.any()
+    assert all(negatives[:, c].any() for c in range(3))
+
+
+def test_alpha_schedule_releases_anchors_over_the_run():
+    _, _, labels, probs, labeled = _batch(6, b=2, h=8, w=8)
+    loss_fn = AnatomicalContrastLoss()
+    start, _ = loss_fn.select(labels, probs, labeled, 0.0)
+    end, negatives_end = loss_fn.select(labels, probs, labeled, 1.0)
+    eligible = (labels.unsqueeze(1) == torch.arange(4).view(1, 4, 1, 1)) & (probs > 0.3)
+    assert torch.equal(end, eligible)  # alpha_T = 0: no pixel is unreliable
+    assert start.sum() < end.sum()
+    assert int(negatives_end.any(dim=1).sum()) <= 1  # only the most uncertain pixel remains
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("num_classes", [3, 4])
+def test_loss_matches_loop_reference(device, num_classes):
+    student, teacher, labels, probs, labeled = _batch(10 + num_classes, num_classes)
+    bank, rows = _prefilled(num_classes, 6, seed=1)
+    expected = reference_loss(student, teacher, labels, probs, labeled, 0.3, rows, torch.Generator().manual_seed(7))
+    loss_fn = AnatomicalContrastLoss(num_queries=Q, num_negatives=N, temperature=TEMP)
+    bank = bank.to(device)
+    loss = loss_fn(
+        *(x.to(device) for x in (student, teacher, labels, probs, labeled)), 0.3, bank, torch.Generator().manual_seed(7)
+    )
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    for cls in range(num_classes):  # the bank received exactly the reference's negatives, in order
+        assert bank.filled(cls) == len(rows[cls])
+        torch.testing.assert_close(bank.queues[cls].items().cpu(), torch.stack(rows[cls]), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_reaches_student_only():
+    student, teacher, labels, probs, labeled = _batch(20)
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    probs.requires_grad_(True)
+    bank, _ = _prefilled(4, 6, seed=2)
+    loss = AnatomicalContrastLoss(num_queries=Q, num_negatives=N)(
+        student, teacher, labels, probs, labeled, 0.2, bank, torch.Generator().manual_seed(0)
+    )
+    loss.backward()
+    assert loss.item() > 0
+    assert student.grad.abs().sum() > 0
+    assert teacher.grad is None and probs.grad is None
+
+
+def test_no_anchors_gives_graph_zero_and_still_fills_bank():
+    student, teacher, labels, probs, labeled = _batch(21)
+    student.requires_grad_(True)
+    bank = ClassMemoryBank([100] * 4, dim=6)
+    loss = AnatomicalContrastLoss(anchor_threshold=1.0)(student, teacher, labels, probs, labeled, 0.0, bank)
+    loss.backward()
+    assert loss.item() == 0.0 and float(student.grad.abs().sum()) == 0.0
+    assert sum(bank.filled(c) for c in range(4)) > 0
+
+
+def test_same_generator_seed_same_loss():
+    student, teacher, labels, probs, labeled = _batch(22)
+    loss_fn = AnatomicalContrastLoss(num_queries=8, num_negatives=8)
+    values = []
+    for _ in range(2):
+        bank, _ = _prefilled(4, 6, seed=3)
+        values.append(loss_fn(student, teacher, labels, probs, labeled, 0.1, bank, torch.Generator().manual_seed(5)))
+    assert float(values[0]) == float(values[1])
+
+
+def test_float32_under_bf16_autocast():
+    student, teacher, labels, probs, labeled = _batch(23)
+    loss_fn = AnatomicalContrastLoss(num_queries=8, num_negatives=8)
+
+    def run(*tensors):
+        bank, _ = _prefilled(4, 6, seed=4)
+        return loss_fn(*tensors, labels, probs, labeled, 0.1, bank, torch.Generator().manual_seed(9))
+
+    expected = run(student, teacher)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        same = run(student, teacher)
+        low = run(student.bfloat16(), teacher.bfloat16())
+    assert same.dtype == low.dtype == torch.float32 and torch.isfinite(low)
+    torch.testing.assert_close(same, expected)
+    torch.testing.assert_close(low, expected, rtol=3e-2, atol=3e-2)
+
+
+def test_rejects_mismatched_bank():
+    student, teacher, labels, probs, labeled = _batch(24)
+    with pytest.raises(ValueError):
+        AnatomicalContrastLoss()(student, teacher, labels, probs, labeled, 0.0, ClassMemoryBank([10] * 3, dim=6))
