@@ -105,7 +105,7 @@ class MonaConfig:
 @dataclass
 class Config:
     method: str = "supervised"  # supervised | mean_teacher | mona
-    out: str = "runs/run"
+    out: str = ""  # run folder; empty = runs/<method>_<labeled>
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,54 @@
+"""The `mona` command: one verb per job, each in its own module with `add_arguments` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mona import __version__
+from mona.errors import MonaError
+
+VERBS = {
+    "demo": ("mona.cli.demo", "train supervised and mean teacher on the built-in phantom and compare them"),
+    "synth": ("mona.cli.synth", "write the built-in synthetic cardiac phantom in the SSL4MIS layout"),
+    "train": ("mona.cli.train", "train a method (supervised, mean_teacher, mona) on a dataset"),
+    "evaluate": ("mona.cli.evaluate", "score a run on val/test volumes, or a folder of predictions against truths"),
+    "prepare": ("mona.cli.prepare", "convert raw ACDC, LiTS, MMWHS or nnU-Net datasets into mona's layout"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mona",
+        description="Label-efficient medical image segmentation: MONA (Mine yOur owN Anatomy) and "
+        "semi-supervised baselines on a 2D UNet, from a few labeled and many unlabeled scans.",
+    )
+    parser.add_argument("--version", action="version", version=f"mona {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, (module_name, help_text) in VERBS.items():
+        module = importlib.import_module(module_name)
+        sub = verbs.add_parser(
+            name, help=help_text, description=module.__doc__ or help_text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except MonaError as error:
+        print(f"mona {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

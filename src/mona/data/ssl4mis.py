@@ -1,0 +1,184 @@
+"""Reader of the SSL4MIS dataset layout, labeled budgets in patients, and the two-stream sampler.
+
+Layout: `train_slices.list`, `val.list`, `test.list`, `data/slices/<slice>.h5` (2D) and
+`data/<volume>.h5` (3D), keys `image` (float, [0, 1]) and `label` (uint8). An optional
+`mona.json` (written by `mona synth` and `mona prepare`) names the classes and spacings.
+
+Training slices are read once, checked, resized to the training size (images linearly,
+labels with nearest) and kept in memory as two tensors, so a batch is an index lookup and
+augmentation runs batched on the training device: the data pipeline never stalls a step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from mona.augment.weak import resize_images, resize_labels
+from mona.errors import MonaError
+
+ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
+
+
+def volume_of(slice_name: str) -> str:
+    """`patient099_frame01_slice_15` -> `patient099_frame01`."""
+    return re.sub(r"_slice_\d+$", "", slice_name)
+
+
+def patient_of(name: str) -> str:
+    """`patient099_frame01[_slice_15]` -> `patient099`: the unit of the labeled budget."""
+    return re.sub(r"_frame\d+$", "", volume_of(name))
+
+
+def read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise MonaError("list file is missing (is this an SSL4MIS-layout dataset?)", path)
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise MonaError("list file is empty", path)
+    return names
+
+
+def read_h5(path: Path, ndim: int, num_classes: int, need_label: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read and check `image` (and `label`) of one h5 file; every problem names the file."""
+    if not path.is_file():
+        raise MonaError("file is missing (named in a list file)", path)
+    try:
+        with h5py.File(path, "r") as handle:
+            if "image" not in handle or (need_label and "label" not in handle):
+                raise MonaError(f"h5 file lacks the 'image' or 'label' dataset (has {sorted(handle.keys())})", path)
+            image = np.asarray(handle["image"][()], dtype=np.float32)
+            label = np.asarray(handle["label"][()]) if "label" in handle else None
+    except MonaError:
+        raise
+    except Exception as exc:  # h5py raises OSError, KeyError and others for corrupt files
+        raise MonaError(f"cannot read h5 file ({exc.__class__.__name__}: {exc})", path) from None
+    if image.ndim != ndim:
+        raise MonaError(f"image has {image.ndim} dimensions, expected {ndim}", path)
+    if not np.isfinite(image).all():
+        raise MonaError("image contains NaN or infinite values", path)
+    if label is not None:
+        if label.shape != image.shape:
+            raise MonaError(f"image shape {image.shape} and label shape {label.shape} differ", path)
+        if label.size and (label.min() < 0 or label.max() >= num_classes):
+            raise MonaError(f"label values {sorted(np.unique(label).tolist())} outside 0..{num_classes - 1}", path)
+        label = label.astype(np.uint8)
+    return image, label
+
+
+@dataclass
+class DatasetInfo:
+    root: Path
+    num_classes: int
+    class_names: list[str]
+    spacing: dict[str, tuple[float, ...]]  # per volume, in h5 array-axis order
+    metadata: dict
+
+
+def dataset_info(root: str | Path, num_classes: int = 0) -> DatasetInfo:
+    """Classes and spacings from `mona.json` when present, else ACDC's four classes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MonaError("dataset folder does not exist", root)
+    meta_path = root / "mona.json"
+    metadata: dict = {}
+    if meta_path.is_file():
+        try:
+            metadata = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise MonaError(f"metadata is not valid JSON ({exc})", meta_path) from None
+    names = metadata.get("classes") or (ACDC_CLASSES if not num_classes or num_classes == 4 else None)
+    count = num_classes or metadata.get("num_classes") or len(names)
+    if names is None or len(names) != count:
+        names = ["background"] + [f"class{i}" for i in range(1, count)]
+    spacing = {case: tuple(v["spacing"]) for case, v in metadata.get("cases", {}).items() if v.get("spacing")}
+    return DatasetInfo(root, count, list(names), spacing, metadata)
+
+
+def split_budget(slice_names: list[str], labeled: str) -> tuple[list[int], list[int]]:
+    """Indices of labeled and unlabeled slices: all slices of the first N patients are labeled."""
+    if labeled == "all":
+        return list(range(len(slice_names))), []
+    count = int(labeled)
+    order: list[str] = []
+    for name in slice_names:
+        patient = patient_of(name)
+        if patient not in order:
+            order.append(patient)
+    if count > len(order):
+        raise MonaError(f"asked for {count} labeled patients but the training list has {len(order)}")
+    chosen = set(order[:count])
+    labeled_idx = [i for i, name in enumerate(slice_names) if patient_of(name) in chosen]
+    unlabeled_idx = [i for i, name in enumerate(slice_names) if patient_of(name) not in chosen]
+    return labeled_idx, unlabeled_idx
+
+
+@dataclass
+class SliceStore:
+    """Training slices resized to the network size, in memory: images (N,1,S,S), labels (N,S,S)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    names: list[str]
+
+    def subset(self, indices: list[int]) -> "SliceStore":
+        return SliceStore(self.images[indices], self.labels[indices], [self.names[i] for i in indices])
+
+    def batch(self, indices: torch.Tensor, device: torch.device, with_label: bool = True) -> dict[str, torch.Tensor]:
+        """A batch on `device`; unlabeled streams are drawn without labels so no method can peek."""
+        batch = {"image": self.images[indices].to(device, non_blocking=True)}
+        if with_label:
+            batch["label"] = self.labels[indices].to(device, non_blocking=True).long()
+        return batch
+
+
+def load_slices(info: DatasetInfo, names: list[str], size: int) -> SliceStore:
+    images, labels = [], []
+    for name in names:
+        image, label = read_h5(info.root / "data" / "slices" / f"{name}.h5", 2, info.num_classes)
+        images.append(resize_images(torch.from_numpy(image)[None, None], (size, size))[0])
+        labels.append(resize_labels(torch.from_numpy(label)[None], (size, size))[0])
+    return SliceStore(torch.stack(images), torch.stack(labels), list(names))
+
+
+@dataclass
+class TrainData:
+    labeled: SliceStore
+    unlabeled: SliceStore | None
+
+
+def load_train_data(info: DatasetInfo, labeled: str, size: int) -> TrainData:
+    names = read_list(info.root / "train_slices.list")
+    labeled_idx, unlabeled_idx = split_budget(names, labeled)
+    store = load_slices(info, names, size)
+    return TrainData(store.subset(labeled_idx), store.subset(unlabeled_idx) if unlabeled_idx else None)
+
+
+@dataclass
+class Volume3D:
+    name: str
+    image: np.ndarray  # (D, H, W) float32
+    label: np.ndarray | None  # (D, H, W) uint8
+    spacing: tuple[float, ...] | None
+
+
+def load_volumes(info: DatasetInfo, split: str) -> list[Volume3D]:
+    """The val or test volumes named in `<split>.list`, checked."""
+    volumes = []
+    for name in read_list(info.root / f"{split}.list"):
+        image, label = read_h5(info.root / "data" / f"{name}.h5", 3, info.num_classes)
+        volumes.append(Volume3D(name, image, label, info.spacing.get(name)))
+    return volumes
+
+
+def sample_indices(count: int, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """`batch` distinct indices (with repeats only when the set is smaller than the batch)."""
+    if count >= batch:
+        return torch.randperm(count, generator=generator)[:batch]
+    return torch.randint(0, count, (batch,), generator=generator)

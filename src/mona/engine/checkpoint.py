@@ -1,0 +1,72 @@
+"""Atomic writes and safe checkpoint loading.
+
+Every file is written to a temporary name in the same folder and renamed into place, so an
+interrupted run never leaves a half-written checkpoint. Checkpoints are loaded with
+`weights_only=True`: no pickled code is executed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mona.errors import MonaError
+
+FORMAT_VERSION = 1
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    _atomic(path, lambda handle: torch.save({"format": FORMAT_VERSION, **state}, handle))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise MonaError("checkpoint file is missing", path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MonaError(f"cannot read checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})", path) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "method" not in state:
+        raise MonaError("not a mona checkpoint (or from an incompatible version)", path)
+    return state
+
+
+def load_weights(module: torch.nn.Module, saved: dict[str, torch.Tensor], path: Path, strict: bool = True) -> None:
+    """Load weights, reporting shape or key mismatches (e.g. another number of classes) in one line."""
+    own = module.state_dict()
+    mismatched = [k for k, v in saved.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        key = mismatched[0]
+        raise MonaError(
+            f"checkpoint does not fit this model: {key} has shape {tuple(saved[key].shape)}, "
+            f"expected {tuple(own[key].shape)} (another number of classes or method?)",
+            path,
+        )
+    missing = [k for k in own if k not in saved]
+    if strict and missing:
+        raise MonaError(f"checkpoint lacks {len(missing)} entries such as {missing[0]} (another method?)", path)
+    module.load_state_dict(saved, strict=False)

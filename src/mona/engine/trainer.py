@@ -1,0 +1,226 @@
+"""The one training loop: every method is trained, validated, checkpointed and resumed here.
+
+Iteration-based SGD with a poly schedule, optional EMA teacher, bf16/fp16 autocast and
+channels_last; validation on whole val volumes (3D mean Dice) every `val_every`
+iterations; `best.pt` (best on val) and `last.pt`, each a complete, atomically written
+state. Every random draw of step t comes from generators seeded with (seed, t), so a run
+resumed from `last.pt` is identical to one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mona.config import Config, save_config
+from mona.data.ssl4mis import DatasetInfo, TrainData, Volume3D, sample_indices
+from mona.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from mona.engine.schedule import ema_momentum, ema_update, poly_lr
+from mona.errors import MonaError
+from mona.evaluation.inference import autocast, dice_per_class, predict_volume
+from mona.methods.base import Method
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MonaError("--device cuda was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def step_seed(seed: int, iteration: int) -> int:
+    return seed * 1_000_003 + iteration
+
+
+@dataclass
+class Stage:
+    """What differs between runs of the same engine: length, batch sizes, optimiser flavour."""
+
+    iterations: int
+    batch_labeled: int
+    batch_unlabeled: int
+    nesterov: bool = False
+
+
+def validate(method: Method, volumes: list[Volume3D], config: Config, device: torch.device) -> dict[str, float]:
+    """Mean 3D Dice over val volumes and foreground classes, predicted by the student."""
+    scores = []
+    for volume in volumes:
+        probs = predict_volume(method.model, volume.image, config.data.image_size, device, amp=config.train.amp)
+        scores.append(dice_per_class(probs.argmax(0).numpy(), volume.label, method.num_classes))
+    per_class = np.mean(scores, axis=0)
+    return {"dice": float(per_class.mean()), **{f"dice_class{c + 1}": float(v) for c, v in enumerate(per_class)}}
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        method: Method,
+        data: TrainData,
+        val_volumes: list[Volume3D],
+        run_dir: Path,
+        stage: Stage,
+        info: DatasetInfo,
+    ):
+        self.config, self.method, self.data, self.val_volumes = config, method, data, val_volumes
+        self.run_dir, self.stage, self.info = Path(run_dir), stage, info
+        self.device = resolve_device(config.train.device)
+        if method.uses_unlabeled and data.unlabeled is None:
+            raise MonaError(f"method {config.method} needs unlabeled slices, but every training slice is labeled")
+
+    def _checkpoint_state(self, iteration: int, optimizer, scaler, best: dict, last_val: dict, timing: dict) -> dict:
+        return {
+            "method": self.method.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "iteration": iteration,
+            "total_iterations": self.stage.iterations,
+            "config": self.config.to_dict(),
+            "method_name": self.method.name,
+            "num_classes": self.method.num_classes,
+            "class_names": self.info.class_names,
+            "image_size": self.config.data.image_size,
+            "preprocessing": self.info.metadata.get("preprocessing", {}),
+            "metrics": {"val": last_val, "best": best, **timing},
+        }
+
+    def _log(self, writer, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key not in ("iteration", "split"):
+                writer.add_scalar(f"{record['split']}/{key}", value, record["iteration"])
+
+    def _truncate_log(self, iteration: int) -> None:
+        """Drop log lines written after the checkpoint a resumed run starts from."""
+        path = self.run_dir / "metrics.jsonl"
+        if path.is_file():
+            lines = [line for line in path.read_text().splitlines() if json.loads(line)["iteration"] <= iteration]
+            path.write_text("".join(line + "\n" for line in lines))
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train to the end (or from `last.pt` when resuming); returns the final metrics."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        config, method, stage, device = self.config, self.method, self.stage, self.device
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, self.run_dir / "config.yaml")
+        method.to(device)
+        if config.train.channels_last:
+            method.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(
+            method.trainable_parameters(),
+            lr=config.optim.lr,
+            momentum=config.optim.momentum,
+            weight_decay=config.optim.weight_decay,
+            nesterov=stage.nesterov,
+        )
+        fp16 = config.train.amp and config.train.amp_dtype == "fp16"
+        if fp16 and device.type != "cuda":
+            raise MonaError("train.amp_dtype=fp16 needs a CUDA device; use bf16 on the CPU")
+        scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        amp_dtype = torch.float16 if fp16 else torch.bfloat16
+        start, best, last_val, elapsed = 0, {"dice": -1.0, "iteration": -1}, {}, 0.0
+        if resume:
+            state = load_checkpoint(self.run_dir / "last.pt")
+            load_weights(method, state["method"], self.run_dir / "last.pt")
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state["scaler"]:
+                scaler.load_state_dict(state["scaler"])
+            start, best = state["iteration"], state["metrics"]["best"]
+            last_val, elapsed = state["metrics"]["val"], state["metrics"].get("train_seconds", 0.0)
+            self._truncate_log(start)
+        elif (self.run_dir / "metrics.jsonl").exists():
+            (self.run_dir / "metrics.jsonl").unlink()
+        step_model = torch.compile(method.training_step) if config.train.compile else method.training_step
+        writer = SummaryWriter(str(self.run_dir / "tb"))
+        total = stage.iterations
+        bar = tqdm(
+            range(start, total), initial=start, total=total, disable=not config.train.progress,
+            desc=f"{method.name} {self.run_dir.name}", dynamic_ncols=True, leave=False,
+        )
+        window: dict[str, float] = {}
+        window_steps, window_wait, window_time = 0, 0.0, 0.0
+        timing = {"train_seconds": elapsed}
+        iteration = start
+        method.train()
+        try:
+            for iteration in bar:
+                tick = time.perf_counter()
+                progress = iteration / total
+                lr = poly_lr(config.optim.lr, progress, config.optim.poly_power)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                generator = torch.Generator().manual_seed(step_seed(config.train.seed, iteration))
+                torch.manual_seed(step_seed(config.train.seed, iteration))
+                labeled = self.data.labeled.batch(
+                    sample_indices(len(self.data.labeled.names), stage.batch_labeled, generator), device
+                )
+                unlabeled = None
+                if method.uses_unlabeled:
+                    indices = sample_indices(len(self.data.unlabeled.names), stage.batch_unlabeled, generator)
+                    unlabeled = self.data.unlabeled.batch(indices, device, with_label=False)
+                if config.train.channels_last:
+                    labeled["image"] = labeled["image"].contiguous(memory_format=torch.channels_last)
+                    if unlabeled is not None:
+                        unlabeled["image"] = unlabeled["image"].contiguous(memory_format=torch.channels_last)
+                wait = time.perf_counter() - tick
+                with autocast(device, config.train.amp, amp_dtype):
+                    losses = step_model(labeled, unlabeled, progress, generator)
+                loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    raise MonaError(f"training diverged at iteration {iteration}: loss is {loss.item()}")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                if method.teacher is not None:
+                    ema_update(method.teacher, method.model, ema_momentum(method.ema, iteration))
+                for key, value in losses.items():
+                    window[key] = window.get(key, 0.0) + float(value)
+                window_steps += 1
+                window_wait += wait
+                step_time = time.perf_counter() - tick
+                window_time += step_time
+                timing["train_seconds"] += step_time
+                done = iteration + 1
+                if done % config.train.log_every == 0 or done == total:
+                    record = {key: value / window_steps for key, value in window.items()}
+                    record.update(lr=lr, sec_per_iter=window_time / window_steps, data_wait=window_wait / window_time)
+                    self._log(writer, {"iteration": done, "split": "train", **record})
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", it_s=f"{window_steps / window_time:.1f}")
+                    window, window_steps, window_wait, window_time = {}, 0, 0.0, 0.0
+                if done % config.train.val_every == 0 or done == total:
+                    last_val = validate(method, self.val_volumes, config, device)
+                    last_val["iteration"] = done
+                    self._log(writer, {"iteration": done, "split": "val", **{k: v for k, v in last_val.items() if k != "iteration"}})
+                    timing["sec_per_iter"] = timing["train_seconds"] / done
+                    improved = last_val["dice"] > best["dice"]
+                    if improved:
+                        best = dict(last_val)
+                    state = self._checkpoint_state(done, optimizer, scaler, best, last_val, timing)
+                    if improved:
+                        save_checkpoint(self.run_dir / "best.pt", state)
+                    save_checkpoint(self.run_dir / "last.pt", state)
+                    bar.write(f"[{method.name}] iteration {done}/{total}: val Dice {last_val['dice']:.4f} (best {best['dice']:.4f} at {best['iteration']})")
+        except KeyboardInterrupt:
+            bar.close()
+            writer.close()
+            raise MonaError(
+                f"interrupted; the last checkpoint is kept, continue with: mona train --resume {self.run_dir}"
+            ) from None
+        bar.close()
+        writer.close()
+        return {"best": best, "last": last_val, **timing}

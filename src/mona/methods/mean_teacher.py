@@ -1,0 +1,45 @@
+"""Mean teacher (Tarvainen & Valpola, NeurIPS 2017) as in SSL4MIS, with a ramp that scales.
+
+Student and teacher see the same weakly augmented slices; the teacher's input carries
+clipped Gaussian noise; the consistency loss is the MSE between their softmax maps on
+unlabeled slices, weighted by `consistency` x a sigmoid ramp over a *fraction* of the run
+(SSL4MIS's ramp is tuned for 30000 iterations and stays near 0 in shorter runs).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mona.augment.weak import weak_augment
+from mona.config import MeanTeacherConfig
+from mona.engine.schedule import sigmoid_rampup
+from mona.losses.supervised import SupervisedSegLoss
+from mona.methods.base import Method
+
+
+class MeanTeacher(Method):
+    name = "mean_teacher"
+    uses_unlabeled = True
+
+    def __init__(self, num_classes: int, config: MeanTeacherConfig):
+        super().__init__(num_classes, ema=config.ema)
+        self.config = config
+        self.seg_loss = SupervisedSegLoss()
+
+    def training_step(self, labeled, unlabeled, progress, generator):
+        n_labeled = labeled["image"].shape[0]
+        images = torch.cat([labeled["image"], unlabeled["image"]])
+        unknown = labeled["label"].new_zeros((unlabeled["image"].shape[0], *labeled["label"].shape[1:]))
+        labels = torch.cat([labeled["label"], unknown])
+        images, labels = weak_augment(images, labels, generator)
+        noise = torch.randn(images.shape, generator=generator).to(images.device) * self.config.noise
+        noise = noise.clamp(-2 * self.config.noise, 2 * self.config.noise).to(images.dtype)
+        student_logits = self.model(images).logits
+        with torch.no_grad():
+            teacher_logits = self.teacher(images + noise).logits
+        sup = self.seg_loss(student_logits[:n_labeled], labels[:n_labeled])
+        student_prob = torch.softmax(student_logits[n_labeled:].float(), dim=1)
+        teacher_prob = torch.softmax(teacher_logits[n_labeled:].float(), dim=1)
+        consistency = torch.mean((student_prob - teacher_prob) ** 2)
+        weight = self.config.consistency * sigmoid_rampup(progress, self.config.rampup)
+        return {"loss": sup + weight * consistency, "sup": sup.detach(), "consistency": consistency.detach()}

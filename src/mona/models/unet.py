@@ -1,0 +1,72 @@
+"""The SSL4MIS 2D UNet (MONA_SPEC section 2), exposing the features MONA's losses need.
+
+Channels 16-32-64-128-256, two (3x3 conv, BatchNorm, LeakyReLU) per block, encoder dropout
+0.05-0.5, max-pool down, transposed-conv up, 3x3 output conv: about 1.8M parameters, so
+results compare with SSL4MIS, BCP and MONA's own tables.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+CHANNELS = (16, 32, 64, 128, 256)
+DROPOUT = (0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+class UNetOutput(NamedTuple):
+    logits: torch.Tensor  # (B, C, H, W)
+    bottleneck: torch.Tensor  # (B, 256, H/16, W/16)
+    decoder: list[torch.Tensor]  # coarse to fine: 256@1/16, 128@1/8, 64@1/4, 32@1/2, 16@1/1
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(),
+            nn.Dropout(dropout),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.LeakyReLU(),
+        )
+
+
+class UpBlock(nn.Module):
+    """Transposed-conv upsampling, concatenation with the skip connection, ConvBlock."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, skip_channels, kernel_size=2, stride=2)
+        self.conv = ConvBlock(skip_channels * 2, out_channels, dropout=0.0)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+
+
+class UNet(nn.Module):
+    def __init__(self, in_channels: int = 1, num_classes: int = 4):
+        super().__init__()
+        self.num_classes = num_classes
+        c = CHANNELS
+        self.encoder = nn.ModuleList([ConvBlock(in_channels, c[0], DROPOUT[0])])
+        for i in range(1, 5):
+            self.encoder.append(nn.Sequential(nn.MaxPool2d(2), ConvBlock(c[i - 1], c[i], DROPOUT[i])))
+        self.decoder = nn.ModuleList([UpBlock(c[i], c[i - 1], c[i - 1]) for i in range(4, 0, -1)])
+        self.head = nn.Conv2d(c[0], num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> UNetOutput:
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        bottleneck = skips.pop()
+        features = [bottleneck]
+        x = bottleneck
+        for block in self.decoder:
+            x = block(x, skips.pop())
+            features.append(x)
+        return UNetOutput(self.head(x), bottleneck, features)
