@@ -9,7 +9,7 @@ import torch
 from mona.config import Config, config_from_dict, load_config
 from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
 from mona.engine.checkpoint import load_checkpoint, load_weights
-from mona.engine.trainer import Stage, Trainer, resolve_device
+from mona.engine.trainer import Stage, Trainer, resolve_amp, resolve_device
 from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
 from mona.evaluation.metrics import score_case
@@ -67,7 +67,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     rows = []
     for volume in load_volumes(info, split):
         probs = predict_volume(model, volume.image, state["image_size"], target,
-                               amp=config.train.amp if amp is None else amp)
+                               amp=resolve_amp(config, target) if amp is None else amp)
         rows += score_case(probs.argmax(0).numpy(), volume.label, state["num_classes"], volume.spacing, volume.name)
     summary = summarize(rows, state.get("class_names") or info.class_names)
     summary.update(split=split, checkpoint=checkpoint, iteration=state["iteration"], run=str(run_dir))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds this device up: CUDA, or a CPU with AVX512-BF16 or AMX.
+
+    On CPUs without them (e.g. AVX2-only EPYCs) oneDNN emulates bf16 and a step is ~10x slower.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_amp(config: Config, device: torch.device) -> bool:
+    """`train.amp`, switched off (with a warning) where bf16 would slow training down."""
+    if config.train.amp and config.train.amp_dtype == "bf16" and not fast_bf16(device):
+        warnings.warn("train.amp: this CPU has no native bf16 (avx512_bf16/amx); training in fp32, which is faster here")
+        return False
+    return config.train.amp
+
+
 def step_seed(seed: int, iteration: int) -> int:
     return seed * 1_000_003 + iteration
 
@@ -49,11 +72,11 @@ class Stage:
     nesterov: bool = False
 
 
-def validate(method: Method, volumes: list[Volume3D], config: Config, device: torch.device) -> dict[str, float]:
+def validate(method: Method, volumes: list[Volume3D], config: Config, device: torch.device, amp: bool) -> dict[str, float]:
     """Mean 3D Dice over val volumes and foreground classes, predicted by the student."""
     scores = []
     for volume in volumes:
-        probs = predict_volume(method.model, volume.image, config.data.image_size, device, amp=config.train.amp)
+        probs = predict_volume(method.model, volume.image, config.data.image_size, device, amp=amp)
         scores.append(dice_per_class(probs.argmax(0).numpy(), volume.label, method.num_classes))
     per_class = np.mean(scores, axis=0)
     return {"dice": float(per_class.mean()), **{f"dice_class{c + 1}": float(v) for c, v in enumerate(per_class)}}
@@ -123,7 +146,8 @@ class Trainer:
             weight_decay=config.optim.weight_decay,
             nesterov=stage.nesterov,
         )
-        fp16 = config.train.amp and config.train.amp_dtype == "fp16"
+        amp = resolve_amp(config, device)
+        fp16 = amp and config.train.amp_dtype == "fp16"
         if fp16 and device.type != "cuda":
             raise MonaError("train.amp_dtype=fp16 needs a CUDA device; use bf16 on the CPU")
         scaler = torch.amp.GradScaler("cuda") if fp16 else None
@@ -173,7 +197,7 @@ class Trainer:
                     if unlabeled is not None:
                         unlabeled["image"] = unlabeled["image"].contiguous(memory_format=torch.channels_last)
                 wait = time.perf_counter() - tick
-                with autocast(device, config.train.amp, amp_dtype):
+                with autocast(device, amp, amp_dtype):
                     losses = step_model(labeled, unlabeled, progress, generator)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
@@ -203,7 +227,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", it_s=f"{window_steps / window_time:.1f}")
                     window, window_steps, window_wait, window_time = {}, 0, 0.0, 0.0
                 if done % config.train.val_every == 0 or done == total:
-                    last_val = validate(method, self.val_volumes, config, device)
+                    last_val = validate(method, self.val_volumes, config, device, amp)
                     last_val["iteration"] = done
                     self._log(writer, {"iteration": done, "split": "val", **{k: v for k, v in last_val.items() if k != "iteration"}})
                     timing["sec_per_iter"] = timing["train_seconds"] / done
