@@ -98,6 +98,7 @@ class MonaConfig:
     bank_size: int = 30000
     background_bank_size: int = 50000
     embed_dim: int = 128
+    representation_stride: int = 1  # 1 = full-resolution pixel embeddings (spec); 2 or 4 is cheaper on CPUs
     nn_bank_size: int = 36
     nn_topk: int = 5
 

@@ -10,6 +10,7 @@ resumed from `last.pt` is identical to one that was never interrupted.
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -171,7 +172,7 @@ class Trainer:
             range(start, total), initial=start, total=total, disable=not config.train.progress,
             desc=f"{method.name} {self.run_dir.name}", dynamic_ncols=True, leave=False,
         )
-        window: dict[str, float] = {}
+        window: dict[str, torch.Tensor] = {}
         window_steps, window_wait, window_time = 0, 0.0, 0.0
         timing = {"train_seconds": elapsed}
         iteration = start
@@ -200,8 +201,6 @@ class Trainer:
                 with autocast(device, amp, amp_dtype):
                     losses = step_model(labeled, unlabeled, progress, generator)
                 loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise MonaError(f"training diverged at iteration {iteration}: loss is {loss.item()}")
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -210,10 +209,10 @@ class Trainer:
                 else:
                     loss.backward()
                     optimizer.step()
-                if method.teacher is not None:
-                    ema_update(method.teacher, method.model, ema_momentum(method.ema, iteration))
+                for teacher, student in method.ema_pairs():
+                    ema_update(teacher, student, ema_momentum(method.ema, iteration))
                 for key, value in losses.items():
-                    window[key] = window.get(key, 0.0) + float(value)
+                    window[key] = window.get(key, 0.0) + value.detach().float()
                 window_steps += 1
                 window_wait += wait
                 step_time = time.perf_counter() - tick
@@ -221,7 +220,9 @@ class Trainer:
                 timing["train_seconds"] += step_time
                 done = iteration + 1
                 if done % config.train.log_every == 0 or done == total:
-                    record = {key: value / window_steps for key, value in window.items()}
+                    record = {key: float(value) / window_steps for key, value in window.items()}
+                    if not math.isfinite(record["loss"]):
+                        raise MonaError(f"training diverged before iteration {done}: loss is {record['loss']}")
                     record.update(lr=lr, sec_per_iter=window_time / window_steps, data_wait=window_wait / window_time)
                     self._log(writer, {"iteration": done, "split": "train", **record})
                     bar.set_postfix(loss=f"{record['loss']:.3f}", it_s=f"{window_steps / window_time:.1f}")

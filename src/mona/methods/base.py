@@ -33,9 +33,12 @@ class Method(nn.Module):
         return teacher
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """What the optimiser updates: everything but the teacher."""
-        teacher_ids = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in teacher_ids]
+        """What the optimiser updates: everything but the (frozen) teacher side."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(teacher module, student module) pairs the engine updates by EMA after each step."""
+        return [(self.teacher, self.model)] if self.teacher is not None else []
 
     def training_step(
         self,

@@ -1,0 +1,121 @@
+"""Seconds per iteration, images per second and peak memory of each method's training step.
+
+  python benchmarks/train_speed.py --size 128 --batch 4 --device cpu [--amp] [--json out.json]
+  python benchmarks/train_speed.py --size 256 --paper-batches --device cuda --amp
+
+Times the engine's full step (forward, losses, backward, SGD, EMA) of supervised, mean
+teacher, MONA stage 1 and MONA stage 2 on random data, after warm-up steps, and prints
+each method's cost relative to mean teacher. Peak memory is `max_memory_allocated` on
+CUDA and the process's peak RSS growth on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from datetime import date
+
+import torch
+
+from mona.config import Config
+from mona.engine.schedule import ema_update
+from mona.engine.trainer import resolve_amp, resolve_device
+from mona.evaluation.inference import autocast
+from mona.methods import build_method
+from mona.methods.mona import MonaFinetune, MonaPretrain
+
+PAPER_BATCHES = {"supervised": (12, 12), "mean_teacher": (12, 12), "mona_pretrain": (3, 3), "mona_finetune": (4, 4)}
+
+
+def make_method(name: str, num_classes: int):
+    config = Config()
+    if name in ("supervised", "mean_teacher"):
+        config.method = name
+        return build_method(config, num_classes)
+    return (MonaPretrain if name == "mona_pretrain" else MonaFinetune)(num_classes, config.mona)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, amp: bool, steps: int, warmup: int):
+    torch.manual_seed(0)
+    method = make_method(name, 4).to(device).to(memory_format=torch.channels_last)
+    method.train()
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(0)
+
+    def batch_of(n: int, with_label: bool):
+        out = {"image": torch.rand(n, 1, size, size, device=device).contiguous(memory_format=torch.channels_last)}
+        if with_label:
+            out["label"] = torch.randint(0, 4, (n, size, size), device=device)
+        return out
+
+    labeled, unlabeled = batch_of(batch[0], True), batch_of(batch[1], False)
+    rss_before = peak_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tick = time.perf_counter()
+        with autocast(device, amp):
+            losses = method.training_step(labeled, unlabeled, step / (warmup + steps), generator)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        for teacher, student in method.ema_pairs():
+            ema_update(teacher, student, 0.99)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - tick)
+    seconds = statistics.median(times)
+    memory = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb() - rss_before
+    return {"method": name, "batch": list(batch), "sec_per_iter": seconds,
+            "images_per_sec": sum(batch) / seconds, "peak_memory_mb": memory}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=4, help="labeled = unlabeled batch for every method")
+    parser.add_argument("--paper-batches", action="store_true", help="12+12 (sup, MT), 3+3 (stage 1), 4+4 (stage 2)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast where the hardware has native bf16")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--methods", default="supervised,mean_teacher,mona_pretrain,mona_finetune")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    config = Config()
+    config.train.amp = args.amp
+    amp = resolve_amp(config, device)
+    rows = []
+    for name in args.methods.split(","):
+        batch = PAPER_BATCHES[name] if args.paper_batches else (args.batch, args.batch)
+        rows.append(bench(name, args.size, batch, device, amp, args.steps, args.warmup))
+    reference = next((r["sec_per_iter"] for r in rows if r["method"] == "mean_teacher"), None)
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"{hardware}, {torch.get_num_threads()} threads, {args.size}x{args.size}, amp={amp}, torch {torch.__version__}, {date.today()}")
+    print(f"{'method':<15}{'batch':>7}{'s/iter':>9}{'img/s':>8}{'peak MB':>9}{'x MT':>7}")
+    for row in rows:
+        row["ratio_to_mean_teacher"] = row["sec_per_iter"] / reference if reference else None
+        ratio = f"{row['ratio_to_mean_teacher']:.2f}" if reference else "-"
+        print(f"{row['method']:<15}{'+'.join(map(str, row['batch'])):>7}{row['sec_per_iter']:>9.4f}"
+              f"{row['images_per_sec']:>8.1f}{row['peak_memory_mb']:>9.0f}{ratio:>7}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"device": hardware, "size": args.size, "amp": amp, "date": str(date.today()),
+                       "torch": torch.__version__, "rows": rows}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""Segment new scans with a trained run: its preprocessing replayed, masks written in the input's space.
+
+A NIfTI scan is brought into the array order the network was trained on and normalised as in
+training (`Preprocessing`), predicted slice by slice (`predict_volume`), and its mask is written
+back in the input's own voxel order with its shape, affine and header. An h5 volume (SSL4MIS
+layout, `image` (D, H, W)) is taken as prepared: already in the training order and normalised,
+as `mona prepare` and the phantom write them.
+
+Where the preprocessing comes from: the checkpoint's `preprocessing` when not empty, else the
+`mona.json` of the run's dataset (the checkpoint's `config.data.root`), whose `normalisation`,
+`orientation` and `slicing_axis` say how `mona prepare` read the raw NIfTIs (see
+`preprocessing_from_metadata`); without either, SSL4MIS's: min-max per volume, stored voxel order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import h5py
+import nibabel as nib
+import numpy as np
+import torch
+
+from mona.data.io import Volume, atomic_path, check_labels, read_volume, split_name, write_label_volume
+from mona.data.prepare.common import h5_axes, minmax, percentile_window, window
+from mona.engine.run import load_run_model
+from mona.engine.trainer import fast_bf16, resolve_device
+from mona.errors import MonaError
+from mona.evaluation.inference import predict_volume
+from mona.evaluation.metrics import score_case
+from mona.evaluation.overlay import write_overlay
+from mona.evaluation.report import _volumes_by_name
+
+FORMATS = ("same", "nii", "h5")
+_NUMBER = r"(-?[0-9.]+(?:e[-+]?\d+)?)"
+# The `normalisation` strings `mona prepare` writes (mona.data.prepare), and what each does.
+_NORMALISATIONS: dict[str, Callable[..., np.ndarray]] = {
+    r"minmax": minmax,
+    rf"window \[{_NUMBER}, {_NUMBER}\] -> \[0, 1\]": window,
+    rf"percentiles \({_NUMBER}, {_NUMBER}\) of each volume -> \[0, 1\]": percentile_window,
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Maps an input's `mona.data.io` array order (z, y, x) to the network's (D, H, W) and back.
+
+    `ornt` (nibabel orientation, stored axes -> closest RAS) is None to keep the stored voxel
+    order; `perm` then puts the slicing axis first (`mona.data.prepare.common.h5_axes`).
+    """
+
+    ornt: np.ndarray | None = None
+    perm: tuple[int, int, int] = (2, 1, 0)
+
+    def to_model(self, array: np.ndarray) -> np.ndarray:
+        raw = array.transpose(2, 1, 0)
+        if self.ornt is not None:
+            raw = nib.orientations.apply_orientation(raw, self.ornt)
+        return np.ascontiguousarray(raw.transpose(self.perm))
+
+    def to_raw(self, array: np.ndarray) -> np.ndarray:
+        """(D, H, W, ...) in the network's order -> the stored NIfTI order (x, y, z, ...)."""
+        raw = array.transpose(*np.argsort(self.perm), *range(3, array.ndim))
+        if self.ornt is not None:
+            raw = nib.orientations.apply_orientation(raw, nib.orientations.ornt_transform(_RAS, self.ornt))
+        return raw
+
+    def to_io(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.to_raw(array).transpose(2, 1, 0))
+
+    def spacing(self, io_spacing) -> tuple[float, float, float]:
+        """Voxel size along the network's (D, H, W) from one in io order (z, y, x)."""
+        raw = np.asarray(io_spacing, dtype=np.float64)[::-1]
+        if self.ornt is not None:
+            oriented = np.empty(3)
+            oriented[self.ornt[:, 0].astype(int)] = raw
+            raw = oriented
+        return tuple(float(raw[axis]) for axis in self.perm)
+
+
+_RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How training volumes were read: `normalisation` (a `mona.json` string), reorientation to
+    closest RAS (`canonical`) and the NIfTI axis the network slices (after reorientation)."""
+
+    normalisation: str = "minmax"
+    canonical: bool = False
+    slicing_axis: int = 2
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        for pattern, function in _NORMALISATIONS.items():
+            match = re.fullmatch(pattern, self.normalisation.strip())
+            if match:
+                return function(image, *(float(v) for v in match.groups()))
+        raise MonaError(f"unknown normalisation {self.normalisation!r} (known: minmax, window [LO, HI] -> [0, 1], "
+                        "percentiles (LO, HI) of each volume -> [0, 1])")
+
+    def layout(self, affine: np.ndarray) -> Layout:
+        ornt = nib.orientations.io_orientation(affine) if self.canonical else None
+        return Layout(ornt, h5_axes(self.slicing_axis))
+
+
+def preprocessing_from_metadata(meta: dict, source: str | Path | None = None) -> Preprocessing:
+    """The `Preprocessing` a dataset's `mona.json` (or a checkpoint's `preprocessing`) describes.
+
+    Keys: `normalisation` (default minmax), `orientation` ("RAS ..." or "stored voxel order") and
+    `slicing_axis` (a NIfTI axis after reorientation). Without `orientation` the dataset was not
+    made by `mona prepare` (e.g. the phantom, whose `slicing_axis` 0 is the h5 array's first axis):
+    its h5 arrays are in `mona.data.io` order, i.e. stored voxel order sliced along NIfTI axis 2.
+    """
+    meta = meta.get("preprocessing") or meta
+    normalisation = str(meta.get("normalisation") or "minmax")
+    if "orientation" not in meta:
+        found = Preprocessing(normalisation)
+    else:
+        axis = meta.get("slicing_axis", 2)
+        if axis not in (0, 1, 2):
+            raise MonaError(f"slicing_axis must be 0, 1 or 2, found {axis!r}", source)
+        found = Preprocessing(normalisation, str(meta["orientation"]).startswith("RAS"), axis)
+    try:
+        found.normalise(np.zeros((1, 1, 1), dtype=np.float32))
+    except MonaError as error:
+        raise MonaError(str(error), source) from None
+    return found
+
+
+def run_preprocessing(state: dict, checkpoint: Path) -> Preprocessing:
+    """The preprocessing of a checkpoint's training data (module docstring); checks the class count."""
+    if state.get("preprocessing"):
+        return preprocessing_from_metadata(state["preprocessing"], checkpoint)
+    root = Path(state["config"]["data"]["root"])
+    meta_path = root / "mona.json"
+    if not meta_path.is_file():
+        if not root.is_dir():
+            warnings.warn(f"{root}: the run's dataset folder is gone; assuming min-max normalisation and stored "
+                          "voxel order")
+        return Preprocessing()
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MonaError(f"cannot read ({exc})", meta_path) from None
+    declared = meta.get("num_classes") or len(meta.get("classes") or []) or state["num_classes"]
+    if declared != state["num_classes"]:
+        raise MonaError(f"checkpoint predicts {state['num_classes']} classes, but its dataset {meta_path} "
+                        f"declares {declared}", checkpoint)
+    return preprocessing_from_metadata(meta, meta_path)
+
+
+def inference_amp(requested: bool, device: torch.device) -> bool:
+    """`requested`, switched off (with a warning) where bf16 autocast is emulated and slower than fp32."""
+    if requested and not fast_bf16(device):
+        warnings.warn("--amp: this device has no native bf16 (avx512_bf16/amx); predicting in fp32, which is faster")
+        return False
+    return requested
+
+
+@dataclass
+class Predictor:
+    """A run's network ready to segment, with what it was trained on."""
+
+    model: torch.nn.Module
+    checkpoint: Path
+    iteration: int
+    num_classes: int
+    class_names: list[str]
+    image_size: int
+    preprocessing: Preprocessing
+    device: torch.device
+    amp: bool = False
+    batch_size: int = 32
+    tta: bool = False
+
+    def probabilities(self, image: np.ndarray) -> torch.Tensor:
+        """(C, D, H, W) class probabilities of a (D, H, W) volume in the network's order."""
+        return predict_volume(self.model, image, self.image_size, self.device, amp=self.amp,
+                              batch_size=self.batch_size, tta=self.tta)
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", amp: bool = False,
+                   batch_size: int = 32, tta: bool = False) -> Predictor:
+    """A run's `best` (on val), `last` or given checkpoint file, on `device`; `amp` is taken as is."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MonaError("run folder not found", run_dir)
+    if batch_size < 1:
+        raise MonaError(f"batch size must be at least 1, got {batch_size}")
+    model, state = load_run_model(run_dir, checkpoint)
+    path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / f"{checkpoint}.pt"
+    if not path.is_file():  # load_run_model fell back to a MONA run's finetune stage
+        path = run_dir / "finetune" / path.name
+    missing = [key for key in ("num_classes", "image_size", "config") if key not in state]
+    if missing:
+        raise MonaError(f"checkpoint lacks {', '.join(missing)}", path)
+    names = list(state.get("class_names") or [])
+    if len(names) != state["num_classes"]:
+        names = ["background"] + [f"class {c}" for c in range(1, state["num_classes"])]
+    target = resolve_device(device)
+    return Predictor(model.to(target).eval(), path, int(state.get("iteration", 0)), state["num_classes"], names,
+                     state["image_size"], run_preprocessing(state, path), target, amp, batch_size, tta)
+
+
+@dataclass
+class CaseResult:
+    """One segmented input: where its mask went, its score rows (with a truth) and its time."""
+
+    name: str
+    source: Path
+    output: Path
+    rows: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
+    """OUT/<name><ext>: the input's extension (`same`), `.h5`, or NIfTI (`.nii.gz` unless it was `.nii`)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    name, ext = split_name(path)
+    if fmt == "h5" or (fmt == "same" and ext == ".h5"):
+        return out_dir / f"{name}.h5"
+    return out_dir / f"{name}{ext if ext != '.h5' else '.nii.gz'}"
+
+
+def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *, fmt: str = "same",
+                 probabilities: bool = False, truth: str | Path | None = None, overlay: bool = False) -> CaseResult:
+    """Segment one NIfTI or h5 volume into `output_path(...)`.
+
+    `probabilities` adds per-class float32 maps: an h5 output's `probabilities` (C, D, H, W), else
+    OUT/probabilities/<name> as a 4D NIfTI (x, y, z, C) in the input's space. `truth` (a label
+    volume of the input's shape) is scored with `score_case`; `overlay` writes OUT/overlays/<name>.png.
+    """
+    start = time.perf_counter()
+    path, out_dir = Path(path), Path(out_dir)
+    name, ext = split_name(path)
+    output = output_path(path, out_dir, fmt)
+    if output.resolve() == path.resolve():
+        raise MonaError("the output would overwrite this input: choose another output folder", path)
+    volume = read_volume(path)
+    if volume.image is None:
+        raise MonaError("holds no 'image' to segment (only a 'label')", path)
+    layout = predictor.preprocessing.layout(volume.affine) if ext != ".h5" else Layout()
+    image = layout.to_model(volume.image)
+    if ext != ".h5":
+        image = predictor.preprocessing.normalise(image)
+    truth_volume = None if truth is None else _read_truth(Path(truth), volume, predictor.num_classes)
+    probs = predictor.probabilities(image)
+    labels = probs.argmax(0).numpy().astype(np.uint8)
+    result = CaseResult(name, path, output)
+    maps = layout.to_raw(probs.numpy().transpose(1, 2, 3, 0)) if probabilities else None  # (x, y, z, C)
+    if maps is not None and output.suffix == ".h5":
+        _write_h5(output, layout.to_io(labels), maps.transpose(3, 2, 1, 0), volume.spacing)
+    else:
+        write_label_volume(output, layout.to_io(labels), volume)
+    if maps is not None and output.suffix != ".h5":
+        _write_nifti(out_dir / "probabilities" / output.name, maps, volume)
+    if truth_volume is not None:
+        spacing = truth_volume.spacing or volume.spacing
+        result.rows = score_case(layout.to_io(labels), truth_volume.label, predictor.num_classes, spacing, name)
+    if overlay:
+        spacing = layout.spacing(volume.spacing) if volume.spacing else (1.0, 1.0, 1.0)
+        write_overlay(out_dir / "overlays" / f"{name}.png", image, labels, predictor.num_classes,
+                      truth=None if truth_volume is None else layout.to_model(truth_volume.label),
+                      class_names=predictor.class_names, aspect=spacing[1] / spacing[2], title=name)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _read_truth(path: Path, volume: Volume, num_classes: int) -> Volume:
+    truth = read_volume(path, labels_only=True)
+    if truth.label.shape != volume.shape:
+        raise MonaError(f"truth shape {truth.label.shape} differs from the input's {volume.shape}", path)
+    check_labels(truth.label, num_classes, path)
+    return truth
+
+
+def _write_h5(path: Path, labels: np.ndarray, probs: np.ndarray, spacing) -> None:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("label", data=labels, compression="gzip")
+        f.create_dataset("probabilities", data=probs.astype(np.float32), compression="gzip")
+        if spacing is not None:
+            f.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
+
+
+def _write_nifti(path: Path, data: np.ndarray, volume: Volume) -> None:
+    """float32 NIfTI in the input's affine and header (a diagonal affine in its spacing for h5 input)."""
+    affine = volume.affine
+    if affine is None:
+        affine = np.diag([*(volume.spacing[::-1] if volume.spacing else (1.0, 1.0, 1.0)), 1.0])
+    header = None if volume.header is None else volume.header.copy()
+    img = nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.float32), affine, header=header)
+    img.set_data_dtype(np.float32)
+    img.header.set_slope_inter(1.0, 0.0)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def find_inputs(path: str | Path) -> list[Path]:
+    """The volume files of INPUT: the file itself, or a folder's `.nii.gz`/`.nii`/`.h5` files by name."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise MonaError("input not found", path)
+    found = list(_volumes_by_name(path).values())
+    if not found:
+        raise MonaError("no volumes (.nii.gz, .nii, .h5) in this folder", path)
+    return found
+
+
+def predict_cases(predictor: Predictor, inputs: list[Path], out_dir: str | Path, *,
+                  truth_dir: str | Path | None = None, **options) -> Iterator[tuple[Path, CaseResult | MonaError]]:
+    """`predict_file` each input in turn (`options` are its keywords), yielding (input, result or the
+    MonaError that stopped it): a bad case does not stop the others. Truths are matched by name."""
+    truths = None if truth_dir is None else _volumes_by_name(Path(truth_dir))
+    for path in inputs:
+        try:
+            truth = None
+            if truths is not None:
+                name, _ = split_name(path)
+                if name not in truths:
+                    raise MonaError(f"no truth volume named {name!r} in {truth_dir}", path)
+                truth = truths[name]
+            yield path, predict_file(predictor, path, out_dir, truth=truth, **options)
+        except MonaError as error:
+            yield path, error

@@ -1,0 +1,264 @@
+"""MONA (You et al., "Mine yOur owN Anatomy", TPAMI 2024, arXiv 2209.13476): two stages.
+
+Stage 1, `MonaPretrain` (MONA_SPEC section 3): relational pre-training by similarity
+distillation against queues, a global branch (pooled bottleneck) and a local branch (one
+embedding per 64x64 patch of the output), plus the supervised loss on the labeled half.
+
+Stage 2, `MonaFinetune` (section 4): mean teacher with strong augmentation of unlabeled
+slices, confidence-weighted pseudo-labels (L_unsup), hard-pixel anatomical contrast
+(tailness, L_contrast), equivariance under random similarity + TPS warps (consistency,
+L_eqv) and nearest-neighbour mining with a gradient to the student (diversity, L_nn).
+
+`train_mona` runs stage 1 into RUN/pretrain and stage 2 into RUN/finetune on the shared
+engine; each stage is a complete run folder that resumes on its own.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mona.augment.strong import StrongAugment, photometric_view
+from mona.augment.warp import random_equivariance_warp
+from mona.augment.weak import resize_images, resize_labels, weak_augment
+from mona.config import Config, MonaConfig, save_config
+from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
+from mona.engine.checkpoint import load_checkpoint, load_weights
+from mona.engine.trainer import Stage, Trainer
+from mona.errors import MonaError
+from mona.losses import (
+    AnatomicalContrastLoss,
+    ClassMemoryBank,
+    EquivarianceLoss,
+    FeatureQueue,
+    NearestNeighbourLoss,
+    SimilarityDistillationLoss,
+    SupervisedSegLoss,
+    extract_patches,
+)
+from mona.methods.base import Method
+from mona.models.heads import LocalHead, ProjectionMLP, RepresentationHead
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """An EMA teacher copy of `module`: same weights, no gradients."""
+    teacher = copy.deepcopy(module)
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
+def weak_views(labeled, unlabeled, generator):
+    """Weakly augmented labeled images + labels and unlabeled images (one batched warp)."""
+    n_labeled = labeled["image"].shape[0]
+    unknown = labeled["label"].new_zeros((unlabeled["image"].shape[0], *labeled["label"].shape[1:]))
+    images, labels = weak_augment(
+        torch.cat([labeled["image"], unlabeled["image"]]), torch.cat([labeled["label"], unknown]), generator
+    )
+    return images[:n_labeled], labels[:n_labeled], images[n_labeled:]
+
+
+class MonaPretrain(Method):
+    """Stage 1: supervised loss + global and local similarity distillation (ISD)."""
+
+    name = "mona_pretrain"
+    uses_unlabeled = True
+
+    def __init__(self, num_classes: int, config: MonaConfig):
+        super().__init__(num_classes, ema=config.ema)
+        self.config = config
+        self.global_head = ProjectionMLP(256, 256, 512)
+        self.global_predictor = ProjectionMLP(512, 512, 512)
+        self.local_head = LocalHead(num_classes)
+        self.local_predictor = LocalHead(num_classes)
+        self.teacher_global_head = frozen_copy(self.global_head)
+        self.teacher_local_head = frozen_copy(self.local_head)
+        local_dim = num_classes * 8 * 8
+        self.global_queue = FeatureQueue(config.queue_size, 512)
+        self.local_queue = FeatureQueue(config.queue_size, local_dim)
+        self.seg_loss = SupervisedSegLoss()
+        self.distill = SimilarityDistillationLoss(config.tau_student, config.tau_teacher)
+
+    def ema_pairs(self):
+        return super().ema_pairs() + [
+            (self.teacher_global_head, self.global_head),
+            (self.teacher_local_head, self.local_head),
+        ]
+
+    def _local(self, logits: torch.Tensor, head: nn.Module, predictor: nn.Module | None = None) -> torch.Tensor:
+        patches = extract_patches(logits.float(), self.config.patch_size, self.config.patch_stride)
+        embedding = head(patches)
+        if predictor is not None:
+            embedding = predictor(embedding)
+        return embedding.flatten(1)
+
+    def training_step(self, labeled, unlabeled, progress, generator):
+        images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
+        student_view = torch.cat([images_l, images_u])
+        teacher_view = photometric_view(student_view, generator)
+        student = self.model(student_view)
+        with torch.no_grad():
+            teacher = self.teacher(teacher_view)
+            z_teacher = self.teacher_global_head(teacher.bottleneck.float().mean((2, 3)))
+            local_teacher = self._local(teacher.logits, self.teacher_local_head)
+        sup = self.seg_loss(student.logits[: images_l.shape[0]], labels_l)
+        z_student = self.global_predictor(self.global_head(student.bottleneck.float().mean((2, 3))))
+        global_kl = self.distill(z_student, z_teacher, self.global_queue.items())
+        local_student = self._local(student.logits, self.local_head, self.local_predictor)
+        local_kl = self.distill(local_student, local_teacher, self.local_queue.items())
+        self.global_queue.push(z_teacher)
+        self.local_queue.push(local_teacher)
+        loss = sup + self.config.global_weight * global_kl + self.config.local_weight * local_kl
+        return {"loss": loss, "sup": sup.detach(), "global": global_kl.detach(), "local": local_kl.detach()}
+
+
+class MonaFinetune(Method):
+    """Stage 2: L_sup + w_c L_contrast + w_u L_unsup + w_e L_eqv + w_n L_nn, each switchable."""
+
+    name = "mona"
+    uses_unlabeled = True
+
+    def __init__(self, num_classes: int, config: MonaConfig):
+        super().__init__(num_classes, ema=config.ema)
+        self.config = config
+        self.rep_head = RepresentationHead(config.embed_dim, stride=config.representation_stride)
+        self.teacher_rep_head = frozen_copy(self.rep_head)
+        sizes = [config.background_bank_size] + [config.bank_size] * (num_classes - 1)
+        self.negative_bank = ClassMemoryBank(sizes, config.embed_dim)
+        self.nn_bank = FeatureQueue(config.nn_bank_size, config.embed_dim)
+        self.seg_loss = SupervisedSegLoss()
+        self.contrast = AnatomicalContrastLoss(
+            num_queries=config.num_queries, num_negatives=config.num_negatives,
+            temperature=config.contrast_temperature,
+        )
+        self.equivariance = EquivarianceLoss()
+        self.nearest = NearestNeighbourLoss(config.nn_topk)
+        self.strong = StrongAugment(enabled=config.strong_aug)
+
+    def ema_pairs(self):
+        return super().ema_pairs() + [(self.teacher_rep_head, self.rep_head)]
+
+    def initialise_from(self, weights: dict[str, torch.Tensor], path: Path) -> None:
+        """Student and teacher both start from the stage-1 student."""
+        load_weights(self.model, weights, path)
+        self.teacher.load_state_dict(self.model.state_dict())
+
+    def _unsup(self, logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        """Pixel CE to the pseudo-label, each image weighted by its share of confident pixels."""
+        per_pixel = F.cross_entropy(logits.float(), pseudo, reduction="none")
+        weight = (confidence >= self.config.confidence_threshold).float().mean((1, 2))
+        return (per_pixel.mean((1, 2)) * weight).mean()
+
+    def _equivariance(self, images_u, pseudo, confidence, generator) -> torch.Tensor:
+        """KL(W(softmax(student(view1))) || student(W(view2))) on confident foreground pixels."""
+        warp = random_equivariance_warp(generator, images_u.shape[0], images_u.shape[-2:], images_u.device)
+        with torch.no_grad():
+            target = warp(torch.softmax(self.model(images_u).logits.float(), dim=1))
+        second_view = photometric_view(images_u, generator)
+        prediction = self.model(warp(second_view)).logits
+        mask = (warp(pseudo) != 0) & (warp(confidence) >= self.config.eqv_confidence) & warp.inside
+        return self.equivariance(target, prediction, mask)
+
+    def training_step(self, labeled, unlabeled, progress, generator):
+        cfg = self.config
+        images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
+        n_labeled = images_l.shape[0]
+        with torch.no_grad():
+            teacher_u = self.teacher(images_u)
+            probs_u = torch.softmax(teacher_u.logits.float(), dim=1)
+            confidence, pseudo = probs_u.max(dim=1)
+        strong_u, pseudo_s, confidence_s = self.strong(images_u, pseudo, confidence, generator)
+        inputs = torch.cat([images_l, strong_u])
+        student = self.model(inputs)
+        sup = self.seg_loss(student.logits[:n_labeled], labels_l)
+        unsup = self._unsup(student.logits[n_labeled:], pseudo_s, confidence_s)
+        losses = {"sup": sup, "unsup": unsup}
+        total = sup + cfg.unsup_weight * unsup
+        if cfg.tailness or cfg.diversity:
+            embeddings = self.rep_head(student.decoder)
+        if cfg.tailness:
+            with torch.no_grad():
+                teacher_all = self.teacher(inputs)
+                teacher_embeddings = self.teacher_rep_head(teacher_all.decoder)
+                teacher_probs = torch.softmax(teacher_all.logits.float(), dim=1)
+            is_labeled = torch.arange(inputs.shape[0], device=inputs.device) < n_labeled
+            size = tuple(embeddings.shape[-2:])
+            contrast = self.contrast(
+                embeddings, teacher_embeddings, resize_labels(torch.cat([labels_l, pseudo_s]), size),
+                resize_images(teacher_probs, size), is_labeled, progress, self.negative_bank, generator,
+            )
+            losses["contrast"] = contrast
+            total = total + cfg.contrast_weight * contrast
+        if cfg.consistency:
+            eqv = self._equivariance(images_u, pseudo, confidence, generator)
+            losses["eqv"] = eqv
+            total = total + cfg.eqv_weight * eqv
+        if cfg.diversity:
+            student_vectors = embeddings[n_labeled:].float().mean((2, 3))
+            with torch.no_grad():
+                teacher_vectors = self.teacher_rep_head(teacher_u.decoder).float().mean((2, 3))
+            nn_loss = self.nearest(student_vectors, self.nn_bank.items())
+            self.nn_bank.push(teacher_vectors)
+            losses["nn"] = nn_loss
+            total = total + cfg.nn_weight * nn_loss
+        return {"loss": total, **{key: value.detach() for key, value in losses.items()}}
+
+
+def _finished(run_dir: Path) -> bool:
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return False
+    state = load_checkpoint(last)
+    return state["iteration"] >= state["total_iterations"]
+
+
+def _fit_stage(config, method, data, val, run_dir: Path, stage: Stage, info, resume: bool) -> dict:
+    if _finished(run_dir):
+        state = load_checkpoint(run_dir / "last.pt")
+        return {"best": state["metrics"]["best"], "last": state["metrics"]["val"]}
+    trainer = Trainer(config, method, data, val, run_dir, stage, info)
+    return trainer.fit(resume=resume and (run_dir / "last.pt").is_file())
+
+
+def stage1_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The stage-1 student's UNet weights from a pretrain run folder or checkpoint file."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "pretrain" / "last.pt" if (path / "pretrain").is_dir() else path / "last.pt"
+    state = load_checkpoint(path)
+    weights = {key[len("model."):]: value for key, value in state["method"].items() if key.startswith("model.")}
+    if not weights:
+        raise MonaError("checkpoint holds no UNet weights", path)
+    return weights, path
+
+
+def train_mona(config: Config, resume: bool = False) -> dict:
+    """Run stage 1 (RUN/pretrain) then stage 2 (RUN/finetune), as `mona.stage` and switches say."""
+    cfg = config.mona
+    run_dir = Path(config.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    info = dataset_info(config.data.root, config.data.num_classes)
+    data = load_train_data(info, config.data.labeled, config.data.image_size)
+    val = load_volumes(info, "val")
+    result: dict = {}
+    if cfg.stage in ("both", "pretrain") and cfg.pretrain:
+        stage = Stage(cfg.pretrain_iterations or config.train.iterations, cfg.pretrain_batch_labeled,
+                      cfg.pretrain_batch_unlabeled)
+        result = _fit_stage(config, MonaPretrain(info.num_classes, cfg), data, val, run_dir / "pretrain",
+                            stage, info, resume)
+    if cfg.stage in ("both", "finetune"):
+        method = MonaFinetune(info.num_classes, cfg)
+        finetune_dir = run_dir / "finetune"
+        if not (resume and (finetune_dir / "last.pt").is_file()):
+            source = cfg.init_from or (run_dir if cfg.pretrain else "")
+            if source:
+                method.initialise_from(*stage1_weights(source))
+        stage = Stage(config.train.iterations, cfg.finetune_batch_labeled, cfg.finetune_batch_unlabeled,
+                      nesterov=True)
+        result = _fit_stage(config, method, data, val, finetune_dir, stage, info, resume)
+    return result

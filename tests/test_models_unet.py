@@ -1,0 +1,55 @@
+"""The SSL4MIS UNet: output shapes at every decoder level, parameter count."""
+
+import pytest
+import torch
+
+from mona.models.unet import UNet, UNetOutput
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return UNet(1, 4).eval()
+
+
+@pytest.mark.parametrize("h, w", [(64, 64), (64, 96)])
+def test_output_shapes(model, h, w):
+    with torch.no_grad():
+        out = model(torch.rand(2, 1, h, w))
+    assert isinstance(out, UNetOutput)
+    assert out.logits.shape == (2, 4, h, w)
+    assert out.bottleneck.shape == (2, 256, h // 16, w // 16)
+    expected = [(256, 16), (128, 8), (64, 4), (32, 2), (16, 1)]
+    assert len(out.decoder) == 5
+    for feature, (channels, stride) in zip(out.decoder, expected):
+        assert feature.shape == (2, channels, h // stride, w // stride)
+    assert out.decoder[0] is out.bottleneck
+
+
+def test_classes_and_input_channels():
+    out = UNet(3, 2)(torch.rand(1, 3, 32, 32))
+    assert out.logits.shape == (1, 2, 32, 32)
+
+
+def test_parameter_count(model):
+    count = sum(p.numel() for p in model.parameters())
+    assert 1_700_000 <= count <= 2_000_000
+
+
+def test_gradients_reach_the_first_layer():
+    model = UNet(1, 4)
+    model(torch.rand(2, 1, 32, 32)).logits.sum().backward()
+    first = model.encoder[0][0].weight.grad
+    assert first is not None and first.abs().sum() > 0
+
+
+def test_eval_is_deterministic_train_is_not(model):
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, model(x).logits)
+        model.train()
+        try:
+            a, b = model(x).logits, model(x).logits
+        finally:
+            model.eval()
+    assert not torch.equal(a, b)  # encoder dropout is active in training
