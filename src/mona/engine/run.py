@@ -27,6 +27,7 @@ def train(config: Config, resume: bool = False) -> dict:
     info = dataset_info(config.data.root, config.data.num_classes)
     data = load_train_data(info, config.data.labeled, config.data.image_size)
     val = load_volumes(info, "val")
+    torch.manual_seed(config.train.seed)  # the initial weights: two runs with the same seed are identical
     method = build_method(config, info.num_classes)
     stage = Stage(config.train.iterations, config.data.batch_labeled, config.data.batch_unlabeled)
     return Trainer(config, method, data, val, Path(config.out), stage, info).fit(resume=resume)

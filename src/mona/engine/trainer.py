@@ -136,7 +136,6 @@ class Trainer:
 
         config, method, stage, device = self.config, self.method, self.stage, self.device
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, self.run_dir / "config.yaml")
         method.to(device)
         if config.train.channels_last:
             method.to(memory_format=torch.channels_last)
@@ -165,6 +164,7 @@ class Trainer:
             self._truncate_log(start)
         elif (self.run_dir / "metrics.jsonl").exists():
             (self.run_dir / "metrics.jsonl").unlink()
+        save_config(config, self.run_dir / "config.yaml")  # after resuming: a failed resume keeps the run's config
         step_model = torch.compile(method.training_step) if config.train.compile else method.training_step
         writer = SummaryWriter(str(self.run_dir / "tb"))
         total = stage.iterations

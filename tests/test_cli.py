@@ -1,0 +1,139 @@
+"""The `mona` command: help of every verb, user errors in one line with exit code 2,
+`mona evaluate RUN_DIR` on a tiny run, and a tiny `mona demo`."""
+
+import json
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+from mona.cli.main import VERBS, main
+from mona.config import load_config
+from mona.data.phantom import write_phantom
+from mona.engine.run import train
+from mona.engine.trainer import fast_bf16
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory):
+    return write_phantom(tmp_path_factory.mktemp("cli") / "ds", patients=4, size=(32, 48), slices=(4, 5))
+
+
+def exit_code(argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code
+
+
+def test_main_help(capsys):
+    assert exit_code(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "usage: mona" in out
+    for verb in ("demo", "synth", "train", "evaluate", "prepare"):
+        assert verb in out
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_verb_help(verb, capsys):
+    assert exit_code([verb, "--help"]) == 0
+    assert f"usage: mona {verb}" in capsys.readouterr().out
+
+
+def test_prepare_dataset_help(capsys):
+    assert exit_code(["prepare", "acdc", "--help"]) == 0
+    assert "Info.cfg" in capsys.readouterr().out
+
+
+def test_no_verb_prints_help_and_returns_2(capsys):
+    assert main([]) == 2
+    assert "usage: mona" in capsys.readouterr().out
+
+
+def test_unknown_flag_is_an_argparse_error(capsys):
+    assert exit_code(["train", "--no-such-flag"]) == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def one_line_error(capsys, verb):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"mona {verb}: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_train_with_a_missing_data_folder(tmp_path, capsys):
+    missing = tmp_path / "no-such-data"
+    code = main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--no-progress",
+                 "train.device=cpu"])
+    assert code == 2
+    line = one_line_error(capsys, "train")
+    assert str(missing) in line and "does not exist" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_without_data_and_with_a_bad_override(tmp_path, capsys):
+    assert main(["train", "--method", "supervised"]) == 2
+    assert "--data" in one_line_error(capsys, "train")
+    assert main(["train", "--data", str(tmp_path), "train.iterations=many"]) == 2
+    assert "train.iterations" in one_line_error(capsys, "train")
+    assert main(["train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a run folder" in one_line_error(capsys, "train")
+
+
+def test_evaluate_a_missing_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "best.pt" in one_line_error(capsys, "evaluate")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli-run") / "run"
+    config = load_config([], [
+        f"data.root={phantom}", f"out={out}", "method=supervised", "data.labeled=1", "data.image_size=32",
+        "data.batch_labeled=2", "train.iterations=4", "train.val_every=2", "train.device=cpu",
+        "train.progress=false",
+    ])
+    train(config)
+    return out
+
+
+def test_evaluate_run(tiny_run, capsys):
+    assert main(["evaluate", str(tiny_run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "test split, best checkpoint" in out
+    folder = tiny_run / "eval_test_best"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["split"] == "test" and summary["checkpoint"] == "best" and summary["cases"] == 2
+    assert [c["name"] for c in summary["classes"]] == ["RV", "Myo", "LV"]
+    assert 0.0 <= summary["mean"]["dice"] <= 1.0
+    rows = (folder / "cases.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 * 3  # header + 2 test volumes x 3 foreground classes
+    assert "phantom004_frame01" in (folder / "cases.csv").read_text()
+
+
+def test_evaluate_last_on_val(tiny_run, capsys):
+    assert main(["evaluate", str(tiny_run), "--split", "val", "--checkpoint", "last", "--device", "cpu"]) == 0
+    summary = json.loads((tiny_run / "eval_val_last" / "summary.json").read_text())
+    assert summary["iteration"] == 4 and summary["split"] == "val"
+
+
+def test_demo(tmp_path, capsys):
+    out = tmp_path / "demo"
+    # the demo preset asks for bf16 autocast, switched off with a warning on CPUs without native bf16
+    with nullcontext() if fast_bf16(torch.device("cpu")) else pytest.warns(UserWarning, match="bf16"):
+        code = main(["demo", "--out", str(out), "--iterations", "4", "--patients", "4", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("test volumes:"):].splitlines()
+    assert table[1].split()[:2] == ["method", "Dice"]
+    assert table[2].split()[0] == "supervised" and table[3].split()[0] == "mean_teacher"
+    assert len(table[2].split()) == 1 + 4 + 3  # method, mean Dice, Jaccard, HD95, ASD, Dice of RV, Myo, LV
+    for method in ("supervised", "mean_teacher"):
+        assert (out / method / "eval_test_best" / "summary.json").is_file()
+        assert torch.load(out / method / "last.pt", weights_only=True)["iteration"] == 4
+    assert (out / "data" / "train_slices.list").is_file()
+
