@@ -245,6 +245,7 @@ def train_mona(config: Config, resume: bool = False) -> dict:
     info = dataset_info(config.data.root, config.data.num_classes)
     data = load_train_data(info, config.data.labeled, config.data.image_size)
     val = load_volumes(info, "val")
+    torch.manual_seed(config.train.seed)  # the initial weights: two runs with the same seed are identical
     result: dict = {}
     if cfg.stage in ("both", "pretrain") and cfg.pretrain:
         stage = Stage(cfg.pretrain_iterations or config.train.iterations, cfg.pretrain_batch_labeled,

@@ -1,0 +1,34 @@
+"""Where a training step's time goes: torch.profiler over a few steps, top operators and kernels.
+
+  python benchmarks/profile_step.py --device cuda --size 256 --method mona_finetune
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.train_speed import PAPER_BATCHES, bench
+from mona.engine.trainer import resolve_device
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--method", default="mona_finetune", choices=sorted(PAPER_BATCHES))
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        row = bench(args.method, args.size, PAPER_BATCHES[args.method], device, amp=device.type == "cuda", steps=args.steps, warmup=2)
+    print(f"{args.method} {args.size}x{args.size} batch {row['batch']}: {row['sec_per_iter'] * 1000:.1f} ms/iter")
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
