@@ -90,7 +90,8 @@ class MonaPretrain(Method):
         ]
 
     def _local(self, logits: torch.Tensor, head: nn.Module, predictor: nn.Module | None = None) -> torch.Tensor:
-        patches = extract_patches(logits.float(), self.config.patch_size, self.config.patch_stride)
+        patch = min(self.config.patch_size, *logits.shape[-2:])  # small training sizes: one patch per image
+        patches = extract_patches(logits.float(), patch, self.config.patch_stride)
         embedding = head(patches)
         if predictor is not None:
             embedding = predictor(embedding)

@@ -1,0 +1,137 @@
+"""MONA on the shared engine: both stages train, learn, resume exactly, and every switch acts."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mona.config import load_config
+from mona.data.phantom import write_phantom
+from mona.engine.run import evaluate_run, resume_config, train
+from mona.errors import MonaError
+from mona.methods.mona import MonaFinetune, MonaPretrain
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    return write_phantom(tmp_path_factory.mktemp("mona") / "ds", patients=5, size=(32, 32), slices=(4, 5))
+
+
+def make_config(phantom, out, *overrides):
+    return load_config([], [
+        f"data.root={phantom}", f"out={out}", "method=mona", "data.labeled=1", "data.image_size=32",
+        "train.device=cpu", "train.progress=false", "train.channels_last=false", "train.log_every=1",
+        "mona.pretrain_batch_labeled=2", "mona.pretrain_batch_unlabeled=2", "mona.finetune_batch_labeled=2",
+        "mona.finetune_batch_unlabeled=2", "mona.patch_size=16", "mona.patch_stride=8", "mona.num_queries=16",
+        "mona.num_negatives=16", "mona.bank_size=256", "mona.background_bank_size=256",
+        "mona.confidence_threshold=0.3", "mona.eqv_confidence=0.3", *overrides,
+    ])
+
+
+def read_log(run_dir):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == "train"]
+
+
+def test_both_stages_run_and_are_scored(phantom, tmp_path):
+    run = tmp_path / "run"
+    train(make_config(phantom, run, "mona.pretrain_iterations=3", "train.iterations=4", "train.val_every=2"))
+    pretrain, finetune = read_log(run / "pretrain"), read_log(run / "finetune")
+    assert [r["iteration"] for r in pretrain] == [1, 2, 3] and len(finetune) == 4
+    assert {"sup", "global", "local"} <= pretrain[0].keys()
+    assert {"sup", "unsup", "contrast", "eqv", "nn"} <= finetune[-1].keys()
+    assert finetune[-1]["contrast"] > 0 and finetune[-1]["nn"] > 0
+    summary = evaluate_run(run, "test")
+    assert summary["cases"] > 0 and 0.0 <= summary["mean"]["dice"] <= 1.0
+
+
+def test_finetune_starts_from_the_stage1_student(phantom, tmp_path):
+    run = tmp_path / "run"
+    train(make_config(phantom, run, "mona.stage=pretrain", "mona.pretrain_iterations=2", "train.val_every=2"))
+    assert not (run / "finetune").exists()
+    stage1 = torch.load(run / "pretrain" / "last.pt", weights_only=True)["method"]
+    captured = {}
+    original = MonaFinetune.training_step
+
+    def capture(self, *args):
+        if not captured:
+            captured.update({k: v.clone() for k, v in self.model.state_dict().items()})
+            captured.update({f"teacher.{k}": v.clone() for k, v in self.teacher.state_dict().items()})
+        return original(self, *args)
+
+    other = tmp_path / "other"
+    MonaFinetune.training_step = capture
+    try:
+        train(make_config(phantom, other, "mona.stage=finetune", f"mona.init_from={run}", "train.iterations=1",
+                          "train.val_every=1"))
+    finally:
+        MonaFinetune.training_step = original
+    for key, value in stage1.items():
+        if key.startswith("model.") and value.is_floating_point():
+            assert torch.equal(captured[key[len("model."):]], value), key
+            assert torch.equal(captured[f"teacher.{key[len('model.'):]}"], value), key
+
+
+def test_finetune_loss_falls(phantom, tmp_path):
+    run = tmp_path / "run"
+    train(make_config(phantom, run, "mona.pretrain=false", "train.iterations=40", "train.val_every=40"))
+    log = read_log(run / "finetune")
+    assert sum(r["sup"] for r in log[-5:]) < sum(r["sup"] for r in log[:5])
+
+
+def test_switches_remove_their_losses(phantom, tmp_path):
+    run = tmp_path / "run"
+    train(make_config(phantom, run, "mona.pretrain=false", "mona.tailness=false", "mona.consistency=false",
+                      "mona.diversity=false", "mona.strong_aug=false", "train.iterations=2", "train.val_every=2"))
+    assert set(read_log(run / "finetune")[-1]) == {"iteration", "split", "loss", "sup", "unsup", "lr",
+                                                     "sec_per_iter", "data_wait"}
+    assert not (run / "pretrain").exists()
+
+
+def test_resume_equals_uninterrupted(phantom, tmp_path):
+    common = ("mona.pretrain_iterations=2", "train.iterations=4", "train.val_every=2")
+    straight = tmp_path / "straight"
+    train(make_config(phantom, straight, *common))
+
+    interrupted = tmp_path / "interrupted"
+    original = MonaFinetune.training_step
+    calls = []
+
+    def interrupt_at_3(self, labeled, unlabeled, progress, generator):
+        calls.append(round(progress * 4))
+        if calls[-1] == 3:
+            raise KeyboardInterrupt
+        return original(self, labeled, unlabeled, progress, generator)
+
+    MonaFinetune.training_step = interrupt_at_3
+    try:
+        with pytest.raises(MonaError, match="interrupted"):
+            train(make_config(phantom, interrupted, *common))
+    finally:
+        MonaFinetune.training_step = original
+    train(resume_config(interrupted), resume=True)
+    a = torch.load(straight / "finetune" / "last.pt", weights_only=True)
+    b = torch.load(interrupted / "finetune" / "last.pt", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 4
+    assert any("negative_bank" in k for k in a["method"]) and any("nn_bank" in k for k in a["method"])
+    for key in a["method"]:
+        assert torch.equal(a["method"][key], b["method"][key]), key
+
+
+def test_pretrain_queues_fill_in_fifo_order(phantom):
+    from mona.config import MonaConfig
+
+    config = MonaConfig(queue_size=4, patch_size=16, patch_stride=16)
+    method = MonaPretrain(4, config)
+    generator = torch.Generator().manual_seed(0)
+    labeled = {"image": torch.rand(2, 1, 32, 32), "label": torch.randint(0, 4, (2, 32, 32))}
+    unlabeled = {"image": torch.rand(2, 1, 32, 32)}
+    method.training_step(labeled, unlabeled, 0.0, generator)
+    assert len(method.global_queue) == 4 and len(method.local_queue) == 4  # 4 images, 4 x 2x2 patches (wrapped)
+    losses = method.training_step(labeled, unlabeled, 0.5, generator)
+    losses["loss"].backward()
+    assert method.global_head[0].weight.grad is not None and method.local_head[0].weight.grad is not None
+    assert all(p.grad is None for p in method.teacher.parameters())
