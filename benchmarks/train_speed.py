@@ -31,8 +31,9 @@ from mona.methods.mona import MonaFinetune, MonaPretrain
 PAPER_BATCHES = {"supervised": (12, 12), "mean_teacher": (12, 12), "mona_pretrain": (3, 3), "mona_finetune": (4, 4)}
 
 
-def make_method(name: str, num_classes: int):
+def make_method(name: str, num_classes: int, representation_stride: int = 1):
     config = Config()
+    config.mona.representation_stride = representation_stride
     if name in ("supervised", "mean_teacher"):
         config.method = name
         return build_method(config, num_classes)
@@ -43,9 +44,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, amp: bool, steps: int, warmup: int):
+def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, amp: bool, steps: int, warmup: int,
+          representation_stride: int = 1):
     torch.manual_seed(0)
-    method = make_method(name, 4).to(device).to(memory_format=torch.channels_last)
+    method = make_method(name, 4, representation_stride).to(device).to(memory_format=torch.channels_last)
     method.train()
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
@@ -92,8 +94,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--methods", default="supervised,mean_teacher,mona_pretrain,mona_finetune")
+    parser.add_argument("--representation-stride", type=int, default=1, help="MONA stage 2 pixel-embedding stride")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     config = Config()
     config.train.amp = args.amp
@@ -101,10 +107,11 @@ def main() -> None:
     rows = []
     for name in args.methods.split(","):
         batch = PAPER_BATCHES[name] if args.paper_batches else (args.batch, args.batch)
-        rows.append(bench(name, args.size, batch, device, amp, args.steps, args.warmup))
+        rows.append(bench(name, args.size, batch, device, amp, args.steps, args.warmup, args.representation_stride))
     reference = next((r["sec_per_iter"] for r in rows if r["method"] == "mean_teacher"), None)
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"{hardware}, {torch.get_num_threads()} threads, {args.size}x{args.size}, amp={amp}, torch {torch.__version__}, {date.today()}")
+    print(f"{hardware}, {torch.get_num_threads()} threads, {args.size}x{args.size}, amp={amp}, "
+          f"representation stride {args.representation_stride}, torch {torch.__version__}, {date.today()}")
     print(f"{'method':<15}{'batch':>7}{'s/iter':>9}{'img/s':>8}{'peak MB':>9}{'x MT':>7}")
     for row in rows:
         row["ratio_to_mean_teacher"] = row["sec_per_iter"] / reference if reference else None

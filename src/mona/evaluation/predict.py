@@ -45,6 +45,7 @@ _NORMALISATIONS: dict[str, Callable[..., np.ndarray]] = {
     rf"window \[{_NUMBER}, {_NUMBER}\] -> \[0, 1\]": window,
     rf"percentiles \({_NUMBER}, {_NUMBER}\) of each volume -> \[0, 1\]": percentile_window,
 }
+_RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)  # the identity orientation
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,6 @@ class Layout:
         return tuple(float(raw[axis]) for axis in self.perm)
 
 
-_RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
-
-
 @dataclass(frozen=True)
 class Preprocessing:
     """How training volumes were read: `normalisation` (a `mona.json` string), reorientation to
@@ -116,6 +114,7 @@ def preprocessing_from_metadata(meta: dict, source: str | Path | None = None) ->
     `slicing_axis` (a NIfTI axis after reorientation). Without `orientation` the dataset was not
     made by `mona prepare` (e.g. the phantom, whose `slicing_axis` 0 is the h5 array's first axis):
     its h5 arrays are in `mona.data.io` order, i.e. stored voxel order sliced along NIfTI axis 2.
+    A window is replayed as written there: `mona prepare` prints its bounds to 6 significant digits.
     """
     meta = meta.get("preprocessing") or meta
     normalisation = str(meta.get("normalisation") or "minmax")
@@ -197,7 +196,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = 
     path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / f"{checkpoint}.pt"
     if not path.is_file():  # load_run_model fell back to a MONA run's finetune stage
         path = run_dir / "finetune" / path.name
-    missing = [key for key in ("num_classes", "image_size", "config") if key not in state]
+    missing = [key for key in ("image_size", "config") if key not in state]
     if missing:
         raise MonaError(f"checkpoint lacks {', '.join(missing)}", path)
     names = list(state.get("class_names") or [])

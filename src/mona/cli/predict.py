@@ -1,0 +1,88 @@
+"""Segment new scans with a trained run.
+
+  mona predict -m runs/mt7 -i scans/ -o masks/
+  mona predict -m runs/mt7 -i patient001.nii.gz -o masks/ --checkpoint last --tta --overlay
+  mona predict -m runs/mt7 -i data/test/ -o masks/ --truth labels/ --probabilities
+  mona predict -m runs/mona -i volume.h5 -o masks/ --format nii --device cuda --amp
+
+INPUT is a NIfTI file (.nii.gz, .nii), an SSL4MIS h5 volume (key `image`), or a folder of them.
+The run's best checkpoint on val is used (RUN_DIR/best.pt, or RUN_DIR/finetune/best.pt for MONA)
+unless --checkpoint says otherwise. NIfTI scans get the training preprocessing (orientation,
+slicing axis and normalisation from the run's dataset mona.json, see mona.evaluation.predict);
+h5 volumes are taken as prepared. Each mask is written to OUT under the input's name, as uint8
+in the input's shape, voxel order, affine and header (h5: key `label`).
+
+--probabilities adds per-class float32 maps (h5 key `probabilities`, or OUT/probabilities/ as
+4D NIfTI); --overlay writes OUT/overlays/<name>.png; --truth DIR scores each case against the
+label volume of the same name there into OUT/cases.csv and OUT/summary.json.
+A bad case is reported and skipped: the exit code is 1 if any case failed, 2 for a bad run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mona.errors import MonaError
+from mona.evaluation.predict import FORMATS, find_inputs, inference_amp, load_predictor, predict_cases
+from mona.evaluation.report import format_table, summarize, write_csv, write_json
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-m", "--model", required=True, type=Path, metavar="RUN_DIR", help="a training run folder")
+    parser.add_argument("-i", "--input", required=True, type=Path, metavar="INPUT",
+                        help="a .nii.gz/.nii/.h5 volume or a folder of them")
+    parser.add_argument("-o", "--out", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("--checkpoint", default="best", help="best (on val, default), last, or a checkpoint file")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--amp", action="store_true",
+                        help="bf16 autocast (ignored, with a warning, where bf16 is emulated: AVX2-only CPUs)")
+    parser.add_argument("--tta", action="store_true", help="average the predictions of flipped slices")
+    parser.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="slices per forward pass")
+    parser.add_argument("--format", choices=FORMATS, default="same",
+                        help="output file type: the input's (default), nii (.nii.gz) or h5")
+    parser.add_argument("--probabilities", action="store_true", help="also write per-class probability maps")
+    parser.add_argument("--overlay", action="store_true", help="write a PNG montage of contours per case")
+    parser.add_argument("--truth", type=Path, metavar="DIR", help="truth label volumes, matched by name: score them")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    predictor = load_predictor(args.model, args.checkpoint, args.device, batch_size=args.batch_size, tta=args.tta)
+    predictor.amp = inference_amp(args.amp, predictor.device)
+    inputs = find_inputs(args.input)
+    if args.truth is not None and not args.truth.is_dir():
+        raise MonaError("truth folder not found", args.truth)
+    print(f"{predictor.checkpoint} (iteration {predictor.iteration}, {predictor.num_classes} classes) on "
+          f"{predictor.device}: {len(inputs)} case(s) -> {args.out}")
+    rows, failed, start = [], [], time.perf_counter()
+    cases = predict_cases(predictor, inputs, args.out, truth_dir=args.truth, fmt=args.format,
+                          probabilities=args.probabilities, overlay=args.overlay)
+    with tqdm(cases, total=len(inputs), unit="case", disable=args.no_progress, file=sys.stderr) as bar:
+        for path, result in bar:
+            if isinstance(result, MonaError):
+                failed.append(path)
+                bar.write(f"mona predict: failed: {result}", file=sys.stderr)
+            else:
+                rows += result.rows
+    seconds = (time.perf_counter() - start) / len(inputs)
+    if rows:
+        summary = summarize(rows, predictor.class_names)
+        summary.update(run=str(args.model), checkpoint=str(predictor.checkpoint), iteration=predictor.iteration,
+                       failed=[str(path) for path in failed])
+        write_csv(rows, args.out / "cases.csv")
+        write_json(summary, args.out / "summary.json")
+        print(format_table(summary))
+    print(f"{len(inputs) - len(failed)} cases done, {len(failed)} failed, {seconds:.2f} s per case")
+    return 1 if failed else 0

@@ -1,0 +1,271 @@
+"""`mona predict`: geometry of the written masks, overlap with the truth, h5 input, overlays,
+the replayed preprocessing, and bad inputs reported per case (exit 1) or per run (exit 2)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import warnings
+
+import h5py
+import matplotlib.image
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mona.cli.main import main
+from mona.config import load_config
+from mona.data.phantom import write_phantom
+from mona.engine.run import train
+from mona.errors import MonaError
+from mona.evaluation import predict as predict_module
+from mona.evaluation.predict import (Layout, Preprocessing, inference_amp, load_predictor, predict_file,
+                                     preprocessing_from_metadata, run_preprocessing)
+
+# Rotated in-plane, anisotropic (1.2 x 1.2 x 8 mm), shifted: nothing about it is the identity.
+AFFINE = np.array([[0.0, -1.2, 0.0, 10.0], [1.2, 0.0, 0.0, -5.0], [0.0, 0.0, 8.0, 3.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tensors here are tiny: one thread trains and predicts faster on shared, busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A phantom dataset and a supervised run trained just enough to find the heart (~20 s)."""
+    tmp = tmp_path_factory.mktemp("predict")
+    root, run = tmp / "phantom", tmp / "run"
+    write_phantom(root, patients=4, size=(48, 48), slices=(4, 5))
+    with warnings.catch_warnings():  # the demo preset asks for bf16, which is switched off on CPUs without it
+        warnings.simplefilter("ignore")
+        train(load_config(["demo"], ["method=supervised", f"data.root={root}", f"out={run}", "data.image_size=32",
+                                     "data.labeled=all", "optim.lr=0.05", "train.iterations=60",
+                                     "train.val_every=30", "train.progress=false"]))
+    return root, run
+
+
+def phantom_case(root, name=None):
+    name = name or (root / "test.list").read_text().split()[0]
+    with h5py.File(root / "data" / f"{name}.h5") as f:
+        return name, f["image"][()], f["label"][()]
+
+
+def write_nifti(path, array_dhw, affine=AFFINE, dtype=np.int16):
+    """A (D, H, W) array as NIfTI (x, y, z), as `mona.data.io` reads it back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array_dhw).transpose(2, 1, 0).astype(dtype), affine), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nifti_prediction(trained, tmp_path_factory):
+    """One CLI call on a scanner-like NIfTI (int16, raw intensities) with truth, overlay, probabilities."""
+    root, run = trained
+    tmp = tmp_path_factory.mktemp("nifti")
+    name, image, label = phantom_case(root)
+    source = write_nifti(tmp / "in" / f"{name}.nii.gz", image * 900 + 100)
+    write_nifti(tmp / "truth" / f"{name}.nii.gz", label, dtype=np.uint8)
+    out = tmp / "out"
+    code = main(["predict", "-m", str(run), "-i", str(tmp / "in"), "-o", str(out), "--truth", str(tmp / "truth"),
+                 "--overlay", "--probabilities", "--no-progress"])
+    return code, name, source, label, out
+
+
+def test_nifti_mask_has_the_input_geometry(nifti_prediction):
+    code, name, source, _, out = nifti_prediction
+    assert code == 0
+    img, mask = nib.load(source), nib.load(out / f"{name}.nii.gz")
+    assert mask.shape == img.shape
+    np.testing.assert_allclose(mask.affine, img.affine)
+    np.testing.assert_allclose(mask.header.get_zooms(), img.header.get_zooms())
+    assert mask.get_data_dtype() == np.uint8 and np.asanyarray(mask.dataobj).dtype == np.uint8
+
+
+def test_nifti_mask_overlaps_the_truth_and_is_scored(nifti_prediction):
+    _, name, _, label, out = nifti_prediction
+    predicted = np.asanyarray(nib.load(out / f"{name}.nii.gz").dataobj).transpose(2, 1, 0)
+    foreground = 2 * ((predicted > 0) & (label > 0)).sum() / ((predicted > 0).sum() + (label > 0).sum())
+    assert foreground > 0.3
+    assert set(np.unique(predicted)) <= {0, 1, 2, 3}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == 1 and summary["unit"] == "mm" and summary["failed"] == []
+    rows = list(csv.DictReader(open(out / "cases.csv")))
+    assert [(r["case"], r["class"]) for r in rows] == [(name, "1"), (name, "2"), (name, "3")]
+
+
+def test_probabilities_and_overlay(nifti_prediction):
+    _, name, source, _, out = nifti_prediction
+    probs = nib.load(out / "probabilities" / f"{name}.nii.gz")
+    assert probs.shape == (*nib.load(source).shape, 4) and probs.get_data_dtype() == np.float32
+    np.testing.assert_allclose(probs.get_fdata().sum(-1), 1.0, atol=1e-4)
+    mask = np.asanyarray(nib.load(out / f"{name}.nii.gz").dataobj)
+    np.testing.assert_array_equal(probs.get_fdata().argmax(-1), mask)
+    png = out / "overlays" / f"{name}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(png)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_h5_input_writes_h5_or_nifti(trained, tmp_path):
+    root, run = trained
+    name = (root / "val.list").read_text().split()[0]
+    source = root / "data" / f"{name}.h5"
+    assert main(["predict", "-m", str(run), "-i", str(source), "-o", str(tmp_path / "h5"), "--probabilities",
+                 "--checkpoint", "last", "--tta", "--batch-size", "2", "--no-progress"]) == 0
+    _, image, label = phantom_case(root, name)
+    with h5py.File(tmp_path / "h5" / f"{name}.h5") as f:
+        assert f["label"].dtype == np.uint8 and f["label"].shape == image.shape
+        assert f["probabilities"].shape == (4, *image.shape)
+        np.testing.assert_array_equal(f["probabilities"][()].argmax(0), f["label"][()])
+        foreground = f["label"][()] > 0
+    assert 2 * (foreground & (label > 0)).sum() / (foreground.sum() + (label > 0).sum()) > 0.3
+    assert main(["predict", "-m", str(run), "-i", str(source), "-o", str(tmp_path / "nii"), "--format", "nii",
+                 "--no-progress"]) == 0
+    assert nib.load(tmp_path / "nii" / f"{name}.nii.gz").shape == image.shape[::-1]
+
+
+def test_bad_cases_are_reported_and_the_good_ones_written(trained, tmp_path, capsys):
+    root, run = trained
+    name, image, _ = phantom_case(root)
+    folder = tmp_path / "in"
+    write_nifti(folder / "good.nii.gz", image)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3, 2), np.int16), AFFINE), folder / "four_d.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), folder / "two_d.nii")
+    (folder / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with h5py.File(folder / "labels_only.h5", "w") as f:
+        f["label"] = np.zeros((2, 8, 8), np.uint8)
+    code = main(["predict", "-m", str(run), "-i", str(folder), "-o", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+    for bad, why in (("four_d.nii.gz", "expected a 3D"), ("two_d.nii", "expected a 3D"),
+                     ("broken.nii.gz", "cannot read"), ("labels_only.h5", "no 'image'")):
+        line = next(line for line in err.splitlines() if bad in line)
+        assert why in line
+
+
+def test_summary_line_counts_cases(trained, tmp_path, capsys):
+    root, run = trained
+    _, image, _ = phantom_case(root)
+    write_nifti(tmp_path / "in" / "a.nii", image)
+    (tmp_path / "in" / "b.nii").write_bytes(b"nothing")
+    assert main(["predict", "-m", str(run), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                 "--no-progress"]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("1 cases done, 1 failed, ") and last.endswith(" s per case")
+
+
+def test_truth_outside_the_classes_fails_that_case(trained, tmp_path, capsys):
+    root, run = trained
+    name, image, label = phantom_case(root)
+    write_nifti(tmp_path / "in" / f"{name}.nii.gz", image)
+    write_nifti(tmp_path / "truth" / f"{name}.nii.gz", np.where(label > 0, 7, 0), dtype=np.uint8)
+    code = main(["predict", "-m", str(run), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                 "--truth", str(tmp_path / "truth"), "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "truth" / f"{name}.nii.gz") in err and "0..3, found 0..7" in err
+    assert not (tmp_path / "out" / f"{name}.nii.gz").exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty", "corrupt", "classes"])
+def test_unusable_run_is_fatal(trained, tmp_path, capsys, problem):
+    root, run = trained
+    _, image, _ = phantom_case(root)
+    source = write_nifti(tmp_path / "scan.nii.gz", image)
+    run_dir, checkpoint = tmp_path / "run", "best"
+    if problem != "missing":
+        run_dir.mkdir()
+    if problem == "corrupt":
+        (run_dir / "best.pt").write_bytes(b"not a checkpoint")
+    if problem == "classes":  # a checkpoint claiming 3 classes around 4-class weights
+        state = torch.load(run / "best.pt", weights_only=True)
+        state["num_classes"] = 3
+        checkpoint = str(run_dir / "other.pt")
+        torch.save(state, checkpoint)
+    code = main(["predict", "-m", str(run_dir), "-i", str(source), "-o", str(tmp_path / "out"),
+                 "--checkpoint", checkpoint, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mona predict: error: ") and err.count("\n") == 1
+    expected = {"missing": str(run_dir), "empty": str(run_dir / "best.pt"), "corrupt": str(run_dir / "best.pt"),
+                "classes": checkpoint}[problem]
+    assert expected in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_with_other_class_count_is_refused(trained, tmp_path):
+    root, run = trained
+    state = torch.load(run / "best.pt", weights_only=True)
+    meta = json.loads((root / "mona.json").read_text())
+    (tmp_path / "mona.json").write_text(json.dumps({**meta, "num_classes": 8}))
+    state["config"]["data"]["root"] = str(tmp_path)
+    with pytest.raises(MonaError, match="predicts 4 classes, but its dataset .* declares 8"):
+        run_preprocessing(state, run / "best.pt")
+
+
+def test_preprocessing_from_metadata():
+    assert preprocessing_from_metadata({"normalisation": "minmax", "slicing_axis": 0}) == Preprocessing()
+    ct = preprocessing_from_metadata({"normalisation": "window [-200, 250] -> [0, 1]", "slicing_axis": 1,
+                                      "orientation": "RAS (nibabel.as_closest_canonical)"})
+    assert ct.canonical and ct.slicing_axis == 1
+    np.testing.assert_allclose(ct.normalise(np.array([-500.0, 25.0, 1000.0])), [0.0, 0.5, 1.0])
+    mri = preprocessing_from_metadata({"preprocessing": {"normalisation":
+                                                         "percentiles (0.5, 99.5) of each volume -> [0, 1]"}})
+    values = mri.normalise(np.arange(1000.0))
+    assert values.min() == 0 and values.max() == 1 and values[500] == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(MonaError, match="mona.json: unknown normalisation 'zscore'"):
+        preprocessing_from_metadata({"normalisation": "zscore"}, "mona.json")
+
+
+@pytest.mark.parametrize("codes", [("L", "P", "S"), ("P", "I", "R"), ("S", "R", "A")])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_layout_matches_prepare_and_inverts(codes, axis):
+    """To the network: as `mona prepare` reads (closest RAS, slicing axis first); back: the stored order."""
+    ornt = nib.orientations.axcodes2ornt(codes)
+    affine = nib.orientations.inv_ornt_aff(ornt, (4, 5, 6)) @ np.diag([1.5, 2.0, 3.0, 1.0])
+    raw = np.random.default_rng(0).random((4, 5, 6))
+    layout = Preprocessing(canonical=True, slicing_axis=axis).layout(affine)
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(raw, affine)).get_fdata()
+    expected = canonical.transpose(predict_module.h5_axes(axis))
+    io_order = raw.transpose(2, 1, 0)
+    np.testing.assert_array_equal(layout.to_model(io_order), expected)
+    np.testing.assert_array_equal(layout.to_io(layout.to_model(io_order)), io_order)
+    zooms = nib.as_closest_canonical(nib.Nifti1Image(raw, affine)).header.get_zooms()
+    assert layout.spacing(nib.affines.voxel_sizes(affine)[::-1]) == pytest.approx(
+        [zooms[i] for i in predict_module.h5_axes(axis)])
+    assert Layout().to_model(io_order) is not io_order and (Layout().to_model(io_order) == io_order).all()
+
+
+def test_canonical_prediction_does_not_depend_on_storage_order(trained, tmp_path):
+    """With RAS reorientation, the same scan stored flipped gives the same mask, flipped back."""
+    root, run = trained
+    name, image, _ = phantom_case(root)
+    predictor = load_predictor(run, device="cpu")
+    predictor.preprocessing = dataclasses.replace(predictor.preprocessing, canonical=True)
+    raw = (image * 500).transpose(2, 1, 0)
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = raw.shape[0] - 1  # voxel i -> i' = n-1-i: same world points
+    a, b = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    nib.save(nib.Nifti1Image(raw, np.diag([1.5, 1.5, 6.0, 1.0])), a)
+    nib.save(nib.Nifti1Image(raw[::-1], np.diag([1.5, 1.5, 6.0, 1.0]) @ flip), b)
+    mask_a = np.asanyarray(nib.load(predict_file(predictor, a, tmp_path / "out_a").output).dataobj)
+    mask_b = np.asanyarray(nib.load(predict_file(predictor, b, tmp_path / "out_b").output).dataobj)
+    np.testing.assert_array_equal(mask_b, mask_a[::-1])
+    assert mask_a.any()
+
+
+def test_amp_only_where_bf16_is_native(monkeypatch):
+    monkeypatch.setattr(predict_module, "fast_bf16", lambda device: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        assert inference_amp(True, torch.device("cpu")) is False
+    monkeypatch.setattr(predict_module, "fast_bf16", lambda device: True)
+    assert inference_amp(True, torch.device("cpu")) is True
+    assert inference_amp(False, torch.device("cpu")) is False
