@@ -28,7 +28,7 @@ $py -m benchmarks.profile_step --device cuda --size 256 --method mona_finetune >
 common=(--data "$data" --config cpu-small --device cuda --no-progress mona.representation_stride=1
         mona.pretrain_iterations=1000)
 launch() { # name method labeled
-  $py -m mona train "${common[@]}" --method "$2" --labeled "$3" --out "$work/runs/$1" > "$work/runs/$1.log" 2>&1 &
+  OMP_NUM_THREADS=2 $py -m mona train "${common[@]}" --method "$2" --labeled "$3" --out "$work/runs/$1" > "$work/runs/$1.log" 2>&1 &
 }
 launch sup7 supervised 7; launch mt7 mean_teacher 7; launch supall supervised all
 launch sup3 supervised 3; launch mt3 mean_teacher 3; launch mona3 mona 3; launch mona7 mona 7
