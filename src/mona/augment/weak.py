@@ -54,6 +54,18 @@ def weak_augment(
     return warp_affine(random_weak_affine(image.shape[0], generator), image, label)
 
 
+def weak_views(
+    labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weakly augmented labeled images, their labels, and unlabeled images, in one batched warp."""
+    n_labeled = labeled["image"].shape[0]
+    unknown = labeled["label"].new_zeros((unlabeled["image"].shape[0], *labeled["label"].shape[1:]))
+    images, labels = weak_augment(
+        torch.cat([labeled["image"], unlabeled["image"]]), torch.cat([labeled["label"], unknown]), generator
+    )
+    return images[:n_labeled], labels[:n_labeled], images[n_labeled:]
+
+
 def resize_images(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize (B,C,H,W) images or class probabilities with linear interpolation."""
     if tuple(image.shape[-2:]) == tuple(size):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mona.augment.weak import weak_augment
+from mona.augment.weak import weak_views
 from mona.config import MeanTeacherConfig
 from mona.engine.schedule import sigmoid_rampup
 from mona.losses.supervised import SupervisedSegLoss
@@ -27,17 +27,15 @@ class MeanTeacher(Method):
         self.seg_loss = SupervisedSegLoss()
 
     def training_step(self, labeled, unlabeled, progress, generator):
-        n_labeled = labeled["image"].shape[0]
-        images = torch.cat([labeled["image"], unlabeled["image"]])
-        unknown = labeled["label"].new_zeros((unlabeled["image"].shape[0], *labeled["label"].shape[1:]))
-        labels = torch.cat([labeled["label"], unknown])
-        images, labels = weak_augment(images, labels, generator)
+        images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
+        n_labeled = images_l.shape[0]
+        images = torch.cat([images_l, images_u])
         noise = torch.randn(images.shape, generator=generator).to(images.device) * self.config.noise
         noise = noise.clamp(-2 * self.config.noise, 2 * self.config.noise).to(images.dtype)
         student_logits = self.model(images).logits
         with torch.no_grad():
             teacher_logits = self.teacher(images + noise).logits
-        sup = self.seg_loss(student_logits[:n_labeled], labels[:n_labeled])
+        sup = self.seg_loss(student_logits[:n_labeled], labels_l)
         student_prob = torch.softmax(student_logits[n_labeled:].float(), dim=1)
         teacher_prob = torch.softmax(teacher_logits[n_labeled:].float(), dim=1)
         consistency = torch.mean((student_prob - teacher_prob) ** 2)

@@ -24,7 +24,7 @@ from torch import nn
 
 from mona.augment.strong import StrongAugment, photometric_view
 from mona.augment.warp import random_equivariance_warp
-from mona.augment.weak import resize_images, resize_labels, weak_augment
+from mona.augment.weak import resize_images, resize_labels, weak_views
 from mona.config import Config, MonaConfig, save_config
 from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
 from mona.engine.checkpoint import load_checkpoint, load_weights
@@ -50,16 +50,6 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher
-
-
-def weak_views(labeled, unlabeled, generator):
-    """Weakly augmented labeled images + labels and unlabeled images (one batched warp)."""
-    n_labeled = labeled["image"].shape[0]
-    unknown = labeled["label"].new_zeros((unlabeled["image"].shape[0], *labeled["label"].shape[1:]))
-    images, labels = weak_augment(
-        torch.cat([labeled["image"], unlabeled["image"]]), torch.cat([labeled["label"], unknown]), generator
-    )
-    return images[:n_labeled], labels[:n_labeled], images[n_labeled:]
 
 
 class MonaPretrain(Method):
