@@ -16,6 +16,8 @@ VERBS = {
     "evaluate": ("mona.cli.evaluate", "score a run on val/test volumes, or a folder of predictions against truths"),
     "predict": ("mona.cli.predict", "segment new scans (NIfTI or h5) with a trained run"),
     "prepare": ("mona.cli.prepare", "convert raw ACDC, LiTS, MMWHS or nnU-Net datasets into mona's layout"),
+    "reproduce": ("mona.cli.reproduce", "train and test a grid of methods x label budgets x seeds, then report"),
+    "report": ("mona.cli.report", "rebuild the report (tables, figures) of a mona reproduce folder"),
 }
 
 
