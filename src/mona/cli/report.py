@@ -1,0 +1,22 @@
+"""Rebuild the report of a `mona reproduce` folder from its finished runs, without training.
+
+  mona report OUT
+
+Writes OUT/results.csv (one row per run x checkpoint x class), OUT/report.md (mean ± std
+over seeds per method and budget, with the paper's ACDC numbers) and its PNG figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mona.experiments.report import build_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", metavar="OUT", help="the folder given to mona reproduce --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    print(f"report: {build_report(args.out)}")
+    return 0

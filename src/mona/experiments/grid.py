@@ -1,0 +1,112 @@
+"""Plan and run a grid of runs (method x label budget x seed, plus ablations), resumably.
+
+Every run lives in OUT/runs/<name>. A run counts as finished once
+RUN/eval_test_best/summary.json exists; that file is written last (after the `last`
+checkpoint's evaluation), so a grid stopped at any point picks up where it left off:
+finished runs are skipped, an interrupted run resumes from its `last.pt`, a run that never
+wrote a checkpoint starts afresh. Checkpoints are chosen on the val split by the engine
+(`best.pt`); the test split is only scored.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from mona.config import load_config
+from mona.engine.run import evaluate_run, resume_config, train
+from mona.engine.trainer import resolve_device
+
+ABLATIONS = ("pretrain", "tailness", "consistency", "diversity", "strong_aug")
+METHODS = ("supervised", "mean_teacher", "mona")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the grid: `variant` is the method, or `mona_no_<component>` for an ablation."""
+
+    name: str
+    method: str
+    variant: str
+    labeled: str
+    seed: int
+    overrides: tuple[str, ...] = ()
+
+
+def _spec(variant: str, method: str, labeled: str, seed: int, overrides: tuple[str, ...] = ()) -> RunSpec:
+    return RunSpec(f"{variant}_l{labeled}_s{seed}", method, variant, str(labeled), seed, overrides)
+
+
+def plan(methods: Sequence[str], budgets: Sequence[str | int], seeds: Sequence[int], ablate: str | int | None = None) -> list[RunSpec]:
+    """The runs of a grid: every method x budget x seed, the fully supervised upper bound
+    (`supervised_lall_s<seed>`) for each seed, and with `ablate` N one MONA run per seed at
+    budget N with each component of `ABLATIONS` switched off."""
+    specs = [_spec(m, m, str(b), s) for m in methods for b in budgets for s in seeds]
+    specs += [_spec("supervised", "supervised", "all", s) for s in seeds]
+    if ablate is not None:
+        specs += [_spec(f"mona_no_{part}", "mona", str(ablate), s, (f"mona.{part}=false",))
+                  for part in ABLATIONS for s in seeds]
+    return list({spec.name: spec for spec in specs}.values())  # a budget "all" in `budgets` is not run twice
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / "eval_test_best" / "summary.json").is_file()
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """A `last.pt` to resume from (MONA keeps one per stage folder)."""
+    return any((run_dir / sub / "last.pt").is_file() for sub in ("", "pretrain", "finetune"))
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: str = "auto") -> str:
+    """Platform, torch version and the CPU or GPU that `device` resolves to."""
+    target = resolve_device(device)
+    chip = torch.cuda.get_device_name(target) if target.type == "cuda" else cpu_name()
+    return f"{platform.platform()}, torch {torch.__version__}, {target.type}: {chip}, {torch.get_num_threads()} threads"
+
+
+def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str | Path,
+             extra_overrides: Sequence[str] = ()) -> list[Path]:
+    """Train and test-score every spec into OUT/runs/<name>, skipping finished runs; returns the run folders.
+
+    Config = `protocol` preset, then the spec (method, data, budget, seed), then `extra_overrides`,
+    then the spec's ablation switch and the run folder (these two cannot be overridden).
+    OUT/grid.json records the protocol and the plan for the report.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.json").write_text(json.dumps({
+        "data": str(data), "protocol": protocol, "overrides": list(extra_overrides),
+        "runs": [asdict(spec) for spec in specs]}, indent=2) + "\n")
+    folders = []
+    for spec in specs:
+        run_dir = out / "runs" / spec.name
+        folders.append(run_dir)
+        if is_finished(run_dir):
+            continue
+        if (run_dir / "config.yaml").is_file() and has_checkpoint(run_dir):
+            config = resume_config(run_dir)
+            train(config, resume=True)
+        else:
+            config = load_config([protocol], [
+                f"method={spec.method}", f"data.root={data}", f"data.labeled={spec.labeled}",
+                f"train.seed={spec.seed}", *extra_overrides, *spec.overrides, f"out={run_dir}"])
+            train(config)
+        (run_dir / "hardware.txt").write_text(hardware(config.train.device) + "\n")
+        evaluate_run(run_dir, "test", "last")
+        evaluate_run(run_dir, "test", "best")  # last: its summary.json marks the run finished
+    return folders

@@ -1,0 +1,308 @@
+"""The report of a grid folder (OUT/runs/<run>): results.csv, report.md and its PNG figures.
+
+Only finished runs (RUN/eval_test_best/summary.json) are read, so the report can be rebuilt
+at any time, also while a grid is still running. Aggregates are the mean and sample std
+(n-1) over seeds of each run's test summary (itself the mean over cases, then classes).
+The paper's ACDC Dice (MONA_SPEC sections 7-8) is shown beside ours when the dataset is
+ACDC and the budget is one the paper reports; elsewhere "-".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from mona.data.io import atomic_path
+from mona.data.ssl4mis import ACDC_CLASSES, dataset_info, load_volumes
+from mona.engine.checkpoint import load_checkpoint
+from mona.engine.run import load_run_model
+from mona.engine.trainer import resolve_device
+from mona.errors import MonaError
+from mona.evaluation.inference import predict_volume
+from mona.evaluation.report import METRICS
+from mona.experiments.grid import ABLATIONS, METHODS, hardware, is_finished
+
+CHECKPOINTS = {"best": "best on val", "last": "last"}
+CSV_COLUMNS = ("run", "method", "labeled", "seed", "checkpoint", "class", *METRICS, "unit", "sec_per_iter")
+# MONA_SPEC section 8 (ACDC test Dice %, 1 / 3 / 7 labeled patients; UNet with all labels) and
+# section 7 (ablations at 1 patient)
+PAPER_ACDC_DICE = {
+    ("supervised", "1"): 40.3, ("supervised", "3"): 51.7, ("supervised", "7"): 79.5, ("supervised", "all"): 91.5,
+    ("mean_teacher", "1"): 42.9, ("mean_teacher", "3"): 58.3, ("mean_teacher", "7"): 80.1,
+    ("mona", "1"): 82.6, ("mona", "3"): 86.9, ("mona", "7"): 87.7,
+    ("mona_no_tailness", "1"): 60.9, ("mona_no_diversity", "1"): 75.2,
+}
+PROTOCOL_KEYS = ("data.image_size", "data.batch_labeled", "data.batch_unlabeled", "train.iterations",
+                 "train.val_every", "train.amp", "optim.lr", "mona.pretrain_iterations",
+                 "mona.finetune_batch_labeled", "mona.finetune_batch_unlabeled", "mona.representation_stride")
+MONTAGE_SLICES = 3
+
+
+def variant_of(config: dict) -> str:
+    """The method, or `mona_no_<component>` for a MONA run with ablation switches off."""
+    if config["method"] != "mona":
+        return config["method"]
+    off = [part for part in ABLATIONS if not config["mona"][part]]
+    return "mona_no_" + "_".join(off) if off else "mona"
+
+
+def budget_key(labeled: str) -> float:
+    return math.inf if labeled == "all" else float(labeled)
+
+
+def variant_key(variant: str) -> tuple[int, str]:
+    return (METHODS.index(variant) if variant in METHODS else len(METHODS), variant)
+
+
+def stage_dirs(run_dir: Path) -> list[Path]:
+    """The folders holding a run's checkpoints and metrics.jsonl: MONA's stages in order, or the run."""
+    stages = [run_dir / name for name in ("pretrain", "finetune") if (run_dir / name / "last.pt").is_file()]
+    return stages or [run_dir]
+
+
+def load_run(run_dir: Path) -> dict:
+    """A finished run: its config, variant, test summaries per checkpoint and training time."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    seconds, iterations = 0.0, 0
+    for stage in stage_dirs(run_dir):
+        state = load_checkpoint(stage / "last.pt")
+        seconds += state["metrics"].get("train_seconds", 0.0)
+        iterations += state["iteration"]
+    hw = run_dir / "hardware.txt"
+    return {
+        "name": run_dir.name, "dir": run_dir, "config": config, "variant": variant_of(config),
+        "labeled": str(config["data"]["labeled"]), "seed": config["train"]["seed"],
+        "summaries": {c: json.loads((run_dir / f"eval_test_{c}" / "summary.json").read_text()) for c in CHECKPOINTS},
+        "train_seconds": seconds, "sec_per_iter": seconds / iterations if iterations else float("nan"),
+        "hardware": hw.read_text().strip() if hw.is_file() else "",
+    }
+
+
+def collect(out: Path) -> list[dict]:
+    runs = [load_run(d) for d in sorted((out / "runs").glob("*")) if d.is_dir() and is_finished(d)]
+    return sorted(runs, key=lambda r: (variant_key(r["variant"]), budget_key(r["labeled"]), r["seed"]))
+
+
+def acdc_like(root: str, class_names: list[str]) -> bool:
+    """ACDC: a mona.json named ACDC*, or no mona.json with ACDC's classes (the reader's default);
+    when the data folder is gone, judged by its name."""
+    root_path = Path(root)
+    meta = root_path / "mona.json"
+    if meta.is_file():
+        return str(json.loads(meta.read_text()).get("name", "")).lower().startswith("acdc")
+    if not root_path.is_dir():
+        return "acdc" in root_path.name.lower()
+    return class_names == ACDC_CLASSES
+
+
+def write_results_csv(runs: list[dict], path: Path) -> None:
+    """One row per run x checkpoint x class, and the class mean as class `mean`."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for run in runs:
+            for checkpoint, summary in run["summaries"].items():
+                base = {"run": run["name"], "method": run["variant"], "labeled": run["labeled"], "seed": run["seed"],
+                        "checkpoint": checkpoint, "unit": summary["unit"], "sec_per_iter": run["sec_per_iter"]}
+                for entry in summary["classes"]:
+                    writer.writerow({**base, "class": entry["name"], **{m: entry[m]["mean"] for m in METRICS}})
+                writer.writerow({**base, "class": "mean", **summary["mean"]})
+
+
+def seed_stats(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def cell(values: list[float], scale: float, decimals: int) -> str:
+    """`mean ± std` over seeds, or the value alone for a single seed."""
+    mean, std = seed_stats(values)
+    return f"{mean * scale:.{decimals}f}" + (f" ± {std * scale:.{decimals}f}" if len(values) > 1 else "")
+
+
+def groups(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Runs by (variant, labeled budget), in table order."""
+    grouped: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for run in runs:
+        grouped[(run["variant"], run["labeled"])].append(run)
+    return grouped
+
+
+def metric_cells(summaries: list[dict], pick) -> list[str]:
+    """Dice and Jaccard in %, HD95 and ASD in the summary's unit, each mean ± std over seeds."""
+    return [cell([pick(s)[m] for s in summaries], scale, decimals)
+            for m, scale, decimals in zip(METRICS, (100.0, 100.0, 1.0, 1.0), (1, 1, 2, 2))]
+
+
+def tables(runs: list[dict], acdc: bool) -> list[str]:
+    """The mean-over-classes table (with the paper's Dice and per-class Dice) and the per-class table."""
+    first = runs[0]["summaries"]["best"]
+    names = [c["name"] for c in first["classes"]]
+    unit = first["unit"]
+    lines = [
+        "## Test metrics, mean over classes (mean ± std over seeds)", "",
+        f"| method | labeled | checkpoint | seeds | Dice % | paper Dice % | Jaccard % | HD95 ({unit}) | ASD ({unit}) | "
+        + " | ".join(f"Dice {n} %" for n in names) + " |",
+        "| --- " * (9 + len(names)) + "|",
+    ]
+    per_class = [
+        "## Test metrics per class (mean ± std over seeds)", "",
+        f"| method | labeled | checkpoint | class | Dice % | Jaccard % | HD95 ({unit}) | ASD ({unit}) |",
+        "| --- " * 8 + "|",
+    ]
+    for (variant, labeled), members in groups(runs).items():
+        paper = PAPER_ACDC_DICE.get((variant, labeled)) if acdc else None
+        for checkpoint, label in CHECKPOINTS.items():
+            summaries = [r["summaries"][checkpoint] for r in members]
+            head = f"| {variant} | {labeled} | {label} |"
+            class_dice = [cell([s["classes"][k]["dice"]["mean"] for s in summaries], 100.0, 1) for k in range(len(names))]
+            overall = metric_cells(summaries, lambda s: s["mean"])
+            lines.append(f"{head} {len(members)} | {overall[0]} | {paper if paper is not None else '-'} | "
+                         + " | ".join(overall[1:] + class_dice) + " |")
+            for k, name in enumerate(names):
+                cells = metric_cells(summaries, lambda s: {m: s["classes"][k][m]["mean"] for m in METRICS})
+                per_class.append(f"{head} {name} | " + " | ".join(cells) + " |")
+    return lines + [""] + per_class
+
+
+def protocol_lines(out: Path, runs: list[dict]) -> list[str]:
+    """The preset named at `mona reproduce` (OUT/grid.json) and the settings the runs used."""
+    grid = out / "grid.json"
+    preset = json.loads(grid.read_text())["protocol"] if grid.is_file() else "unknown"
+    settings = []
+    for key in PROTOCOL_KEYS:
+        section, name = key.split(".")
+        relevant = [r for r in runs if section != "mona" or r["config"]["method"] == "mona"]
+        values = sorted({str(r["config"][section][name]) for r in relevant})
+        if values:
+            settings.append(f"{key}={'/'.join(values)}")
+    data = sorted({r["config"]["data"]["root"] for r in runs})
+    return [f"- Protocol: `{preset}` preset; " + ", ".join(settings),
+            f"- Data: {', '.join(data)}; checkpoints chosen on val Dice only (`best on val`), `last` = final iteration"]
+
+
+def plot_curves(run: dict, path: Path) -> None:
+    """Training losses (log scale) and val Dice against iteration; MONA's fine-tuning follows its pre-training."""
+    fig = Figure(figsize=(10, 3.6))
+    losses, dice = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    offset = 0
+    for stage in stage_dirs(run["dir"]):
+        prefix = f"{stage.name}/" if stage != run["dir"] else ""
+        records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines() if line]
+        train = [r for r in records if r["split"] == "train"]
+        val = [r for r in records if r["split"] == "val"]
+        keys = sorted({k for r in train for k in r} - {"iteration", "split", "lr", "sec_per_iter", "data_wait"})
+        for key in keys:
+            points = [(offset + r["iteration"], r[key]) for r in train if key in r and r[key] > 0]
+            if points:
+                losses.plot(*zip(*points), label=prefix + key, linewidth=1, marker=".")
+        if val:
+            dice.plot([offset + r["iteration"] for r in val], [r["dice"] for r in val], marker="o", markersize=3,
+                      label=f"{prefix}val Dice")
+        offset += max((r["iteration"] for r in records), default=0)
+    losses.set_yscale("log")
+    losses.set(xlabel="iteration", ylabel="training loss", title=run["name"])
+    dice.set(xlabel="iteration", ylabel="val Dice (mean over classes)", ylim=(0, 1))
+    for ax in (losses, dice):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def plot_dice_vs_budget(runs: list[dict], path: Path) -> None:
+    """Test Dice (best on val) against labeled patients per method, mean ± std over seeds;
+    the fully supervised upper bound is a dashed line."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    budgets = sorted({r["labeled"] for r in runs if r["labeled"] != "all"}, key=budget_key)
+    by_variant: dict[str, list[tuple[str, list[dict]]]] = defaultdict(list)
+    for (variant, labeled), members in groups(runs).items():
+        by_variant[variant].append((labeled, members))
+    for variant, entries in by_variant.items():
+        points = [(budgets.index(lab), *seed_stats([100 * r["summaries"]["best"]["mean"]["dice"] for r in members]))
+                  for lab, members in entries if lab != "all"]
+        if points:
+            x, mean, std = zip(*points)
+            ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=variant)
+        for lab, members in entries:
+            if lab == "all":
+                mean, _ = seed_stats([100 * r["summaries"]["best"]["mean"]["dice"] for r in members])
+                ax.axhline(mean, linestyle="--", color="grey", label=f"{variant}, all labels")
+    ax.set_xticks(range(len(budgets)), budgets)
+    ax.set(xlabel="labeled patients", ylabel="test Dice % (best on val)", title="Dice against label budget")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def plot_montage(variant: str, runs: list[dict], path: Path) -> None:
+    """The middle slice of the first 3 test volumes, one row per budget (first seed, best checkpoint):
+    predicted contours solid, true contours dashed."""
+    config = runs[0]["config"]
+    info = dataset_info(config["data"]["root"], config["data"]["num_classes"])
+    volumes = load_volumes(info, "test")[:MONTAGE_SLICES]
+    device = resolve_device("cpu")
+    colours = [colormaps["tab10"](c % 10) for c in range(info.num_classes - 1)]
+    fig = Figure(figsize=(2.4 * len(volumes), 2.4 * len(runs) + 0.4), facecolor="black")
+    for row, run in enumerate(runs):
+        model, state = load_run_model(run["dir"], "best")
+        for col, volume in enumerate(volumes):
+            index = len(volume.image) // 2
+            probs = predict_volume(model, volume.image[index : index + 1], state["image_size"], device)
+            pred = probs.argmax(0)[0].numpy()
+            ax = fig.add_subplot(len(runs), len(volumes), row * len(volumes) + col + 1)
+            ax.imshow(volume.image[index], cmap="gray", interpolation="nearest")
+            for cls in range(1, info.num_classes):
+                for mask, style in ((pred, "solid"), (volume.label[index], "dashed")):
+                    if (mask == cls).any():
+                        ax.contour((mask == cls).astype(np.float32), levels=[0.5], colors=[colours[cls - 1]],
+                                   linewidths=1.0, linestyles=style)
+            ax.set_title(f"{volume.name} slice {index}\nlabeled {run['labeled']}", color="white", fontsize=7)
+            ax.set_axis_off()
+    fig.suptitle(f"{variant}: prediction solid, truth dashed ({', '.join(info.class_names[1:])})",
+                 color="white", fontsize=9)
+    fig.savefig(path, dpi=90, facecolor=fig.get_facecolor())
+
+
+def build_report(out: str | Path) -> Path:
+    """Write OUT/results.csv, OUT/report.md and its figures from the finished runs; returns report.md."""
+    out = Path(out)
+    runs = collect(out)
+    if not runs:
+        raise MonaError("no finished runs (runs/<run>/eval_test_best/summary.json)", out)
+    write_results_csv(runs, out / "results.csv")
+    first = runs[0]
+    acdc = acdc_like(first["config"]["data"]["root"], [c["name"] for c in first["summaries"]["best"]["classes"]])
+    hardware_lines = sorted({r["hardware"] for r in runs if r["hardware"]}) or [f"{hardware()} (report machine)"]
+    total = sum(r["train_seconds"] for r in runs)
+    lines = [f"# Results of {len(runs)} finished runs", "", *protocol_lines(out, runs),
+             *(f"- Hardware: {h}" for h in hardware_lines),
+             f"- Total training wall time: {total / 3600:.2f} h ({total:.0f} s, sum of the runs' train_seconds)",
+             f"- Paper Dice: MONA_SPEC sections 7-8 (ACDC){'' if acdc else '; not ACDC, so not shown'}",
+             "", *tables(runs, acdc), "", "## Figures", "", "![Dice against label budget](dice_vs_budget.png)", ""]
+    plot_dice_vs_budget(runs, out / "dice_vs_budget.png")
+    if Path(first["config"]["data"]["root"]).is_dir():
+        by_variant: dict[str, dict[str, dict]] = defaultdict(dict)
+        for run in runs:
+            by_variant[run["variant"]].setdefault(run["labeled"], run)  # runs are sorted by seed: the first seed
+        for variant, by_budget in by_variant.items():
+            plot_montage(variant, list(by_budget.values()), out / f"montage_{variant}.png")
+            lines += [f"![{variant} test slices](montage_{variant}.png)", ""]
+    else:
+        lines += ["(no montages: the data folder is not here)", ""]
+    lines += ["### Learning curves", ""]
+    for run in runs:
+        plot_curves(run, out / f"curves_{run['name']}.png")
+        lines += [f"![{run['name']}](curves_{run['name']}.png)", ""]
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    return out / "report.md"

@@ -1,0 +1,120 @@
+"""Experiment grid and report on a tiny phantom: each run is trained once, a repeated grid trains
+nothing, an interrupted grid resumes its interrupted run, and the report's numbers are the runs'."""
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+import mona.engine.trainer as trainer_module
+from mona.cli.main import main
+from mona.data.phantom import write_phantom
+from mona.engine.checkpoint import load_checkpoint
+from mona.experiments import grid
+from mona.experiments.grid import plan, run_grid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+OVERRIDES = ["data.image_size=32", "train.iterations=4", "train.val_every=2", "train.progress=false",
+             "train.channels_last=false", "data.batch_labeled=2", "data.batch_unlabeled=2"]
+SPECS = plan(["supervised", "mean_teacher"], [1], [0, 1])
+
+
+def test_plan_names_upper_bound_and_ablations():
+    names = [spec.name for spec in plan(["supervised", "mona"], [1, 3], [0], ablate=3)]
+    assert names[:4] == ["supervised_l1_s0", "supervised_l3_s0", "mona_l1_s0", "mona_l3_s0"]
+    assert "supervised_lall_s0" in names
+    ablations = [spec for spec in plan(["mona"], [1], [0, 1], ablate=3) if spec.overrides]
+    assert {spec.overrides for spec in ablations} == {(f"mona.{p}=false",) for p in grid.ABLATIONS}
+    assert all(spec.method == "mona" and spec.labeled == "3" for spec in ablations) and len(ablations) == 10
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    """Run the grid three times: interrupted inside the 2nd run (after its checkpoint at iteration 2),
+    again, then once more; returns the output folder and each pass's `train` calls (run, resume)."""
+    root = tmp_path_factory.mktemp("grid")
+    data = write_phantom(root / "data", patients=5, size=(32, 32), slices=(4, 5))
+    out = root / "out"
+    passes, interrupt, real_train, real_save = [[]], [True], grid.train, trainer_module.save_checkpoint
+
+    def interrupting_save(path, state):
+        real_save(path, state)
+        if interrupt[0] and path.parent.name == SPECS[1].name and path.name == "last.pt" and state["iteration"] == 2:
+            interrupt[0] = False
+            raise RuntimeError("interrupted")
+
+    def counting_train(config, resume=False):
+        passes[-1].append((config.out.split("/")[-1], resume))
+        return real_train(config, resume)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grid, "train", counting_train)
+        patch.setattr(trainer_module, "save_checkpoint", interrupting_save)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            run_grid(data, SPECS, "demo", out, OVERRIDES)
+        for _ in range(2):
+            passes.append([])
+            run_grid(data, SPECS, "demo", out, OVERRIDES)
+    return out, passes
+
+
+def test_every_run_trained_once_and_interrupted_run_resumed(grid_run):
+    out, passes = grid_run
+    first, second, third = passes
+    assert [name for name, _ in first] == [SPECS[0].name, SPECS[1].name]
+    assert second[0] == (SPECS[1].name, True)  # resumed from its last.pt, the first run not retrained
+    assert [name for name, resume in second[1:]] == [spec.name for spec in SPECS[2:]]
+    assert third == []
+    for spec in SPECS:
+        run = out / "runs" / spec.name
+        assert (run / "eval_test_best" / "summary.json").is_file()
+        assert load_checkpoint(run / "last.pt")["iteration"] == 4
+
+
+def parse_cell(text):
+    mean, std = re.match(r"\s*([-\d.]+) ± ([-\d.]+)", text).groups()
+    return float(mean), float(std)
+
+
+def test_report_numbers_are_the_runs(grid_run):
+    out, _ = grid_run
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    for png in ["dice_vs_budget.png", "montage_supervised.png", "montage_mean_teacher.png",
+                *(f"curves_{spec.name}.png" for spec in SPECS)]:
+        assert (out / png).stat().st_size > 1000 and f"({png})" in report
+    summaries = {spec.name: {c: json.loads((out / "runs" / spec.name / f"eval_test_{c}" / "summary.json").read_text())
+                             for c in ("best", "last")} for spec in SPECS}
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == len(SPECS) * 2 * 4  # runs x checkpoints x (3 classes + mean)
+    for row in rows:
+        summary = summaries[row["run"]][row["checkpoint"]]
+        expected = summary["mean"] if row["class"] == "mean" else next(
+            c for c in summary["classes"] if c["name"] == row["class"])
+        assert float(row["dice"]) == pytest.approx(expected["dice"] if row["class"] == "mean" else expected["dice"]["mean"])
+    for method in ("supervised", "mean_teacher"):
+        for checkpoint, label in (("best", "best on val"), ("last", "last")):
+            line = next(l for l in report.splitlines() if l.startswith(f"| {method} | 1 | {label} | 2 |"))
+            cells = line.split("|")[1:-1]
+            dice = [100 * summaries[f"{method}_l1_s{s}"][checkpoint]["mean"]["dice"] for s in (0, 1)]
+            hd95 = [summaries[f"{method}_l1_s{s}"][checkpoint]["mean"]["hd95"] for s in (0, 1)]
+            assert parse_cell(cells[4]) == pytest.approx((np.mean(dice), np.std(dice, ddof=1)), abs=0.051)
+            assert cells[5].strip() == "-"  # the phantom is not ACDC: no paper numbers
+            assert parse_cell(cells[7])[0] == pytest.approx(np.mean(hd95), abs=0.0051)
+    assert "| supervised | all | best on val | 2 |" in report
+
+
+def test_reproduce_cli_skips_finished_runs(grid_run, monkeypatch):
+    out, _ = grid_run
+    monkeypatch.setattr(grid, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    args = ["reproduce", "--data", "unused", "--methods", "supervised,mean_teacher", "--labeled", "1",
+            "--seeds", "0,1", "--protocol", "demo", "--out", str(out), *OVERRIDES]
+    assert main(args) == 0
+    assert (out / "report.md").is_file()
+
+
+def test_report_without_runs_is_a_user_error(tmp_path):
+    assert main(["report", str(tmp_path)]) == 2
