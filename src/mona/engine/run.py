@@ -53,7 +53,7 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch
     model = UNet(1, state["num_classes"])
     weights = {key[len("model."):]: value for key, value in state["method"].items() if key.startswith("model.")}
     load_weights(model, weights, path)
-    return model, state
+    return model.to(memory_format=torch.channels_last), state  # ~1.5x faster convolutions on CPUs
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", device: str = "auto",
