@@ -3,6 +3,7 @@
   mona train --data DIR --method mean_teacher --labeled 7 --config cpu-small --out runs/mt7
   mona train --data DIR --method supervised --labeled all train.iterations=5000
   mona train --resume runs/mt7
+  mona train --gpus 4 --data DIR --method mona --labeled 3 --config paper   # = torchrun --nproc_per_node 4 -m mona train ...
 
 Settings come from the defaults, then each --config (a preset name: paper, cpu-small,
 demo; or a YAML file), then the flags, then key=value overrides (e.g. optim.lr=0.02).
@@ -14,7 +15,11 @@ from __future__ import annotations
 
 import argparse
 
+import subprocess
+import sys
+
 from mona.config import load_config, preset_names
+from mona.engine import distributed
 from mona.engine.run import resume_config, train
 from mona.errors import MonaError
 
@@ -32,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true", default=None, help="bf16 autocast (train.amp)")
     parser.add_argument("--stage", choices=("both", "pretrain", "finetune"), help="MONA: which stage(s) to run")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--gpus", type=int, metavar="N", help="data-parallel on N GPUs: relaunches itself under torchrun")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.02")
 
@@ -48,7 +54,22 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
     return overrides + list(args.overrides)
 
 
+def launch_torchrun(processes: int) -> int:
+    """Run this same command under torchrun with one process per GPU (without --gpus)."""
+    argv, skip = [], False
+    for item in sys.argv[1:]:
+        if skip or item == "--gpus" or item.startswith("--gpus="):
+            skip = item == "--gpus"
+            continue
+        argv.append(item)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "mona", *argv]
+    return subprocess.call(command)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.gpus and args.gpus > 1 and distributed.world_size() == 1:
+        return launch_torchrun(args.gpus)
     if args.resume:
         config = resume_config(args.resume, flag_overrides(args))
     else:
@@ -59,5 +80,6 @@ def run(args: argparse.Namespace) -> int:
             config.out = f"runs/{config.method}_{config.data.labeled}"
     result = train(config, resume=bool(args.resume))
     best = result["best"]
-    print(f"done: {config.out} (best val Dice {best['dice']:.4f} at iteration {best['iteration']})")
+    if distributed.is_main():
+        print(f"done: {config.out} (best val Dice {best['dice']:.4f} at iteration {best['iteration']})")
     return 0

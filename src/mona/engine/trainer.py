@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from mona.config import Config, save_config
+from mona.engine import distributed
 from mona.data.ssl4mis import DatasetInfo, TrainData, Volume3D, sample_indices
 from mona.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from mona.engine.schedule import ema_momentum, ema_update, poly_lr
@@ -59,8 +60,9 @@ def resolve_amp(config: Config, device: torch.device) -> bool:
     return config.train.amp
 
 
-def step_seed(seed: int, iteration: int) -> int:
-    return seed * 1_000_003 + iteration
+def step_seed(seed: int, iteration: int, rank: int = 0) -> int:
+    """The seed of one step's random draws; each data-parallel rank draws its own batches."""
+    return seed * 1_000_003 + iteration + rank * 7_919_000_003
 
 
 @dataclass
@@ -96,7 +98,7 @@ class Trainer:
     ):
         self.config, self.method, self.data, self.val_volumes = config, method, data, val_volumes
         self.run_dir, self.stage, self.info = Path(run_dir), stage, info
-        self.device = resolve_device(config.train.device)
+        self.device = distributed.setup(resolve_device(config.train.device))
         if method.uses_unlabeled and data.unlabeled is None:
             raise MonaError(f"method {config.method} needs unlabeled slices, but every training slice is labeled")
 
@@ -136,6 +138,11 @@ class Trainer:
 
         config, method, stage, device = self.config, self.method, self.stage, self.device
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        main, parallel, rank = distributed.is_main(), distributed.active(), distributed.rank()
+        if parallel:
+            distributed.share_banks(method)
+            if device.type == "cuda":
+                method.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.model)
         method.to(device)
         if config.train.channels_last:
             method.to(memory_format=torch.channels_last)
@@ -161,20 +168,22 @@ class Trainer:
                 scaler.load_state_dict(state["scaler"])
             start, best = state["iteration"], state["metrics"]["best"]
             last_val, elapsed = state["metrics"]["val"], state["metrics"].get("train_seconds", 0.0)
-            self._truncate_log(start)
-        elif (self.run_dir / "metrics.jsonl").exists():
+            if main:
+                self._truncate_log(start)
+        elif main and (self.run_dir / "metrics.jsonl").exists():
             (self.run_dir / "metrics.jsonl").unlink()
-        save_config(config, self.run_dir / "config.yaml")  # after resuming: a failed resume keeps the run's config
+        if main:
+            save_config(config, self.run_dir / "config.yaml")  # after resuming: a failed resume keeps the config
         step_model = torch.compile(method.training_step) if config.train.compile else method.training_step
-        writer = SummaryWriter(str(self.run_dir / "tb"))
+        writer = SummaryWriter(str(self.run_dir / "tb")) if main else None
         total = stage.iterations
         bar = tqdm(
-            range(start, total), initial=start, total=total, disable=not config.train.progress,
+            range(start, total), initial=start, total=total, disable=not (config.train.progress and main),
             desc=f"{method.name} {self.run_dir.name}", dynamic_ncols=True, leave=False,
         )
         window: dict[str, torch.Tensor] = {}
         window_steps, window_wait, window_time = 0, 0.0, 0.0
-        timing = {"train_seconds": elapsed}
+        timing = {"train_seconds": elapsed, "world_size": distributed.world_size()}
         iteration = start
         method.train()
         try:
@@ -184,8 +193,8 @@ class Trainer:
                 lr = poly_lr(config.optim.lr, progress, config.optim.poly_power)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                generator = torch.Generator().manual_seed(step_seed(config.train.seed, iteration))
-                torch.manual_seed(step_seed(config.train.seed, iteration))
+                generator = torch.Generator().manual_seed(step_seed(config.train.seed, iteration, rank))
+                torch.manual_seed(step_seed(config.train.seed, iteration, rank))
                 labeled = self.data.labeled.batch(
                     sample_indices(len(self.data.labeled.names), stage.batch_labeled, generator), device
                 )
@@ -204,10 +213,14 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
+                    if parallel:
+                        distributed.average_gradients(optimizer.param_groups[0]["params"])
                     scaler.step(optimizer)
                     scaler.update()
                 else:
                     loss.backward()
+                    if parallel:
+                        distributed.average_gradients(optimizer.param_groups[0]["params"])
                     optimizer.step()
                 for teacher, student in method.ema_pairs():
                     ema_update(teacher, student, ema_momentum(method.ema, iteration))
@@ -219,7 +232,7 @@ class Trainer:
                 window_time += step_time
                 timing["train_seconds"] += step_time
                 done = iteration + 1
-                if done % config.train.log_every == 0 or done == total:
+                if main and (done % config.train.log_every == 0 or done == total):
                     record = {key: float(value) / window_steps for key, value in window.items()}
                     if not math.isfinite(record["loss"]):
                         raise MonaError(f"training diverged before iteration {done}: loss is {record['loss']}")
@@ -227,7 +240,9 @@ class Trainer:
                     self._log(writer, {"iteration": done, "split": "train", **record})
                     bar.set_postfix(loss=f"{record['loss']:.3f}", it_s=f"{window_steps / window_time:.1f}")
                     window, window_steps, window_wait, window_time = {}, 0, 0.0, 0.0
-                if done % config.train.val_every == 0 or done == total:
+                if (done % config.train.val_every == 0 or done == total) and parallel:
+                    timing["replica_difference"] = distributed.replica_difference(method.model)
+                if main and (done % config.train.val_every == 0 or done == total):
                     last_val = validate(method, self.val_volumes, config, device, amp)
                     last_val["iteration"] = done
                     self._log(writer, {"iteration": done, "split": "val", **{k: v for k, v in last_val.items() if k != "iteration"}})
@@ -242,10 +257,13 @@ class Trainer:
                     bar.write(f"[{method.name}] iteration {done}/{total}: val Dice {last_val['dice']:.4f} (best {best['dice']:.4f} at {best['iteration']})")
         except KeyboardInterrupt:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
             raise MonaError(
                 f"interrupted; the last checkpoint is kept, continue with: mona train --resume {self.run_dir}"
             ) from None
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
+        distributed.barrier()
         return {"best": best, "last": last_val, **timing}

@@ -27,6 +27,7 @@ from mona.augment.warp import random_equivariance_warp
 from mona.augment.weak import resize_images, resize_labels, weak_views
 from mona.config import Config, MonaConfig, save_config
 from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
+from mona.engine import distributed
 from mona.engine.checkpoint import load_checkpoint, load_weights
 from mona.engine.trainer import Stage, Trainer
 from mona.errors import MonaError
@@ -232,7 +233,8 @@ def train_mona(config: Config, resume: bool = False) -> dict:
     cfg = config.mona
     run_dir = Path(config.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    if distributed.is_main():
+        save_config(config, run_dir / "config.yaml")
     info = dataset_info(config.data.root, config.data.num_classes)
     data = load_train_data(info, config.data.labeled, config.data.image_size)
     val = load_volumes(info, "val")
