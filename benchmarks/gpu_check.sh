@@ -36,6 +36,11 @@ $py -m mona synth "$work/phantom" --patients 6 > /dev/null
 $py -m mona train --data "$work/phantom" --method mona --labeled 1 --config demo --device cuda --no-progress \
   train.amp_dtype=fp16 train.iterations=60 mona.pretrain_iterations=30 --out "$work/runs/fp16" > "$work/runs/fp16.log" 2>&1
 
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then  # 2-process data-parallel smoke run
+  $py -m torch.distributed.run --standalone --nproc_per_node=2 -m mona train --data "$work/phantom" --method mona \
+    --labeled 1 --config demo --device cuda --no-progress train.iterations=40 mona.pretrain_iterations=20 \
+    --out "$work/runs/ddp2" > "$work/runs/ddp2.log" 2>&1
+fi
 while [ $(( $(date +%s) - start )) -lt "$deadline" ] && pgrep -f "mona train" > /dev/null; do sleep 5; done
 pkill -INT -f "mona train"; sleep 3
 $py benchmarks/collect_results.py "$work/runs" "$out/results.json" $(( $(date +%s) - start ))
