@@ -135,3 +135,23 @@ def test_pretrain_queues_fill_in_fifo_order(phantom):
     losses["loss"].backward()
     assert method.global_head[0].weight.grad is not None and method.local_head[0].weight.grad is not None
     assert all(p.grad is None for p in method.teacher.parameters())
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.1, 0.5])
+def test_rampup_scales_only_the_unlabeled_losses(progress):
+    from mona.config import MonaConfig
+    from mona.engine.schedule import sigmoid_rampup
+
+    config = MonaConfig(rampup=0.2, num_queries=8, num_negatives=8, bank_size=64, background_bank_size=64,
+                        confidence_threshold=0.0, eqv_confidence=0.0)
+    method = MonaFinetune(4, config)
+    torch.manual_seed(0)
+    labeled = {"image": torch.rand(2, 1, 32, 32), "label": torch.randint(0, 4, (2, 32, 32))}
+    unlabeled = {"image": torch.rand(2, 1, 32, 32)}
+    method.nn_bank.push(torch.randn(8, config.embed_dim))
+    losses = method.training_step(labeled, unlabeled, progress, torch.Generator().manual_seed(0))
+    extra = (config.unsup_weight * losses["unsup"] + config.contrast_weight * losses["contrast"]
+             + config.eqv_weight * losses["eqv"] + config.nn_weight * losses["nn"])
+    assert extra > 0
+    expected = losses["sup"] + sigmoid_rampup(progress, 0.2) * extra
+    assert torch.allclose(losses["loss"].detach(), expected, rtol=1e-5)

@@ -90,6 +90,7 @@ class MonaConfig:
     unsup_weight: float = 1.0
     eqv_weight: float = 1.0
     nn_weight: float = 1.0
+    rampup: float = 0.0  # fraction of stage 2 over which L_unsup, L_contrast, L_eqv, L_nn ramp in (sigmoid); 0 = spec
     confidence_threshold: float = 0.97
     eqv_confidence: float = 0.7
     num_queries: int = 256

@@ -29,6 +29,7 @@ from mona.config import Config, MonaConfig, save_config
 from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
 from mona.engine import distributed
 from mona.engine.checkpoint import load_checkpoint, load_weights
+from mona.engine.schedule import sigmoid_rampup
 from mona.engine.trainer import Stage, Trainer
 from mona.errors import MonaError
 from mona.losses import (
@@ -109,7 +110,13 @@ class MonaPretrain(Method):
 
 
 class MonaFinetune(Method):
-    """Stage 2: L_sup + w_c L_contrast + w_u L_unsup + w_e L_eqv + w_n L_nn, each switchable."""
+    """Stage 2: L_sup + r(t) (w_c L_contrast + w_u L_unsup + w_e L_eqv + w_n L_nn), each switchable.
+
+    r(t) is 1 as in the spec unless `mona.rampup` > 0, which ramps the unlabeled losses in
+    with the mean teacher's sigmoid: from a weak stage-1 start (short schedules) they
+    otherwise pull the student toward its own wrong predictions before L_sup has taught it
+    anything (docs/method.md, departures).
+    """
 
     name = "mona"
     uses_unlabeled = True
@@ -157,6 +164,7 @@ class MonaFinetune(Method):
 
     def training_step(self, labeled, unlabeled, progress, generator):
         cfg = self.config
+        ramp = sigmoid_rampup(progress, cfg.rampup)
         images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
         n_labeled = images_l.shape[0]
         with torch.no_grad():
@@ -169,7 +177,7 @@ class MonaFinetune(Method):
         sup = self.seg_loss(student.logits[:n_labeled], labels_l)
         unsup = self._unsup(student.logits[n_labeled:], pseudo_s, confidence_s)
         losses = {"sup": sup, "unsup": unsup}
-        total = sup + cfg.unsup_weight * unsup
+        total = sup + ramp * cfg.unsup_weight * unsup
         if cfg.tailness or cfg.diversity:
             embeddings = self.rep_head(student.decoder)
         if cfg.tailness:
@@ -184,11 +192,11 @@ class MonaFinetune(Method):
                 resize_images(teacher_probs, size), is_labeled, progress, self.negative_bank, generator,
             )
             losses["contrast"] = contrast
-            total = total + cfg.contrast_weight * contrast
+            total = total + ramp * cfg.contrast_weight * contrast
         if cfg.consistency:
             eqv = self._equivariance(images_u, pseudo, confidence, generator)
             losses["eqv"] = eqv
-            total = total + cfg.eqv_weight * eqv
+            total = total + ramp * cfg.eqv_weight * eqv
         if cfg.diversity:
             student_vectors = embeddings[n_labeled:].float().mean((2, 3))
             with torch.no_grad():
@@ -196,7 +204,7 @@ class MonaFinetune(Method):
             nn_loss = self.nearest(student_vectors, self.nn_bank.items())
             self.nn_bank.push(teacher_vectors)
             losses["nn"] = nn_loss
-            total = total + cfg.nn_weight * nn_loss
+            total = total + ramp * cfg.nn_weight * nn_loss
         return {"loss": total, **{key: value.detach() for key, value in losses.items()}}
 
 
