@@ -118,3 +118,14 @@ def test_reproduce_cli_skips_finished_runs(grid_run, monkeypatch):
 
 def test_report_without_runs_is_a_user_error(tmp_path):
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_acdc_is_recognised_without_metadata(tmp_path):
+    from mona.experiments.report import acdc_like
+
+    (tmp_path / "ACDC").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mona.json").write_text(json.dumps({"name": "phantom"}))
+    assert acdc_like(str(tmp_path / "ACDC"), ["RV", "Myo", "LV"])
+    assert not acdc_like(str(tmp_path / "ACDC"), ["liver", "tumour"])
+    assert not acdc_like(str(tmp_path / "other"), ["RV", "Myo", "LV"])

@@ -100,7 +100,7 @@ def acdc_like(root: str, class_names: list[str]) -> bool:
         return str(json.loads(meta.read_text()).get("name", "")).lower().startswith("acdc")
     if not root_path.is_dir():
         return "acdc" in root_path.name.lower()
-    return class_names == ACDC_CLASSES
+    return class_names == ACDC_CLASSES[1:]  # the summaries name foreground classes only
 
 
 def write_results_csv(runs: list[dict], path: Path) -> None:
