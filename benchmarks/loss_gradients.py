@@ -3,8 +3,8 @@
     python benchmarks/loss_gradients.py DATA [--labeled 7] [--size 128] [--warmup 100] [--seeds 1,2]
 
 For MONA stage 1 (global and local distillation) and stage 2 (L_unsup, L_contrast, L_eqv,
-L_nn), prints the norm of each loss's gradient on the UNet's parameters (weight as in the
-`cpu-small` preset's spec values, i.e. 1 for every loss but 0.01 for L_contrast), its ratio to
+L_nn), prints the norm of each loss's gradient on the UNet's parameters (at the spec's
+weights: 1 for every loss but 0.01 for L_contrast, no ramp), its ratio to
 the supervised gradient's norm and the cosine between the two. Measured on a fresh model and
 again after `--warmup` steps of supervised-only training. A component's gradient is the
 gradient of L_sup + that component minus the gradient of L_sup alone, on the same batch and

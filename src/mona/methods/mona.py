@@ -164,7 +164,6 @@ class MonaFinetune(Method):
 
     def training_step(self, labeled, unlabeled, progress, generator):
         cfg = self.config
-        ramp = sigmoid_rampup(progress, cfg.rampup)
         images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
         n_labeled = images_l.shape[0]
         with torch.no_grad():
@@ -177,7 +176,7 @@ class MonaFinetune(Method):
         sup = self.seg_loss(student.logits[:n_labeled], labels_l)
         unsup = self._unsup(student.logits[n_labeled:], pseudo_s, confidence_s)
         losses = {"sup": sup, "unsup": unsup}
-        total = sup + ramp * cfg.unsup_weight * unsup
+        unlabeled_total = cfg.unsup_weight * unsup
         if cfg.tailness or cfg.diversity:
             embeddings = self.rep_head(student.decoder)
         if cfg.tailness:
@@ -192,11 +191,11 @@ class MonaFinetune(Method):
                 resize_images(teacher_probs, size), is_labeled, progress, self.negative_bank, generator,
             )
             losses["contrast"] = contrast
-            total = total + ramp * cfg.contrast_weight * contrast
+            unlabeled_total = unlabeled_total + cfg.contrast_weight * contrast
         if cfg.consistency:
             eqv = self._equivariance(images_u, pseudo, confidence, generator)
             losses["eqv"] = eqv
-            total = total + ramp * cfg.eqv_weight * eqv
+            unlabeled_total = unlabeled_total + cfg.eqv_weight * eqv
         if cfg.diversity:
             student_vectors = embeddings[n_labeled:].float().mean((2, 3))
             with torch.no_grad():
@@ -204,7 +203,8 @@ class MonaFinetune(Method):
             nn_loss = self.nearest(student_vectors, self.nn_bank.items())
             self.nn_bank.push(teacher_vectors)
             losses["nn"] = nn_loss
-            total = total + ramp * cfg.nn_weight * nn_loss
+            unlabeled_total = unlabeled_total + cfg.nn_weight * nn_loss
+        total = sup + sigmoid_rampup(progress, cfg.rampup) * unlabeled_total
         return {"loss": total, **{key: value.detach() for key, value in losses.items()}}
 
 
