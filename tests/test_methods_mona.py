@@ -155,3 +155,17 @@ def test_rampup_scales_only_the_unlabeled_losses(progress):
     assert extra > 0
     expected = losses["sup"] + sigmoid_rampup(progress, 0.2) * extra
     assert torch.allclose(losses["loss"].detach(), expected, rtol=1e-5)
+
+
+def test_equivariance_forwards_leave_batchnorm_statistics_alone():
+    from mona.config import MonaConfig
+
+    method = MonaFinetune(4, MonaConfig(eqv_confidence=0.0))
+    norms = [m for m in method.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [n.running_mean.clone() for n in norms]
+    images = torch.rand(2, 1, 32, 32)
+    pseudo = torch.randint(1, 4, (2, 32, 32))
+    loss = method._equivariance(images, pseudo, torch.ones(2, 32, 32), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss > 0 and method.model.head.weight.grad.abs().sum() > 0
+    assert all(torch.equal(n.running_mean, mean) for n, mean in zip(norms, before))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mona.models.unet import UNet, UNetOutput
+from mona.models.unet import UNet, UNetOutput, frozen_batchnorm_statistics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,3 +55,16 @@ def test_eval_is_deterministic_train_is_not(model):
         finally:
             model.eval()
     assert not torch.equal(a, b)  # encoder dropout is active in training
+
+
+def test_frozen_batchnorm_statistics_keeps_running_stats_and_restores_momentum():
+    model = UNet(1, 4).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(n.running_mean.clone(), n.running_var.clone()) for n in norms]
+    with frozen_batchnorm_statistics(model):
+        model(torch.rand(2, 1, 32, 32) * 5 + 3)
+    for norm, (mean, var) in zip(norms, before):
+        assert torch.equal(norm.running_mean, mean) and torch.equal(norm.running_var, var)
+        assert norm.momentum == 0.1
+    model(torch.rand(2, 1, 32, 32) * 5 + 3)
+    assert not torch.equal(norms[0].running_mean, before[0][0])

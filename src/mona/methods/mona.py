@@ -44,6 +44,7 @@ from mona.losses import (
 )
 from mona.methods.base import Method
 from mona.models.heads import LocalHead, ProjectionMLP, RepresentationHead
+from mona.models.unet import frozen_batchnorm_statistics
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -153,12 +154,17 @@ class MonaFinetune(Method):
         return (per_pixel.mean((1, 2)) * weight).mean()
 
     def _equivariance(self, images_u, pseudo, confidence, generator) -> torch.Tensor:
-        """KL(W(softmax(student(view1))) || student(W(view2))) on confident foreground pixels."""
+        """KL(W(softmax(student(view1))) || student(W(view2))) on confident foreground pixels.
+
+        Its two extra student forwards leave BatchNorm's running statistics alone (see
+        `frozen_batchnorm_statistics`): the warped view's zero padding would skew them.
+        """
         warp = random_equivariance_warp(generator, images_u.shape[0], images_u.shape[-2:], images_u.device)
-        with torch.no_grad():
-            target = warp(torch.softmax(self.model(images_u).logits.float(), dim=1))
         second_view = photometric_view(images_u, generator)
-        prediction = self.model(warp(second_view)).logits
+        with frozen_batchnorm_statistics(self.model):
+            with torch.no_grad():
+                target = warp(torch.softmax(self.model(images_u).logits.float(), dim=1))
+            prediction = self.model(warp(second_view)).logits
         mask = (warp(pseudo) != 0) & (warp(confidence) >= self.config.eqv_confidence) & warp.inside
         return self.equivariance(target, prediction, mask)
 

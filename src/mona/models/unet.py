@@ -7,6 +7,8 @@ results compare with SSL4MIS, BCP and MONA's own tables.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -70,3 +72,23 @@ class UNet(nn.Module):
             x = block(x, skips.pop())
             features.append(x)
         return UNetOutput(self.head(x), bottleneck, features)
+
+
+@contextmanager
+def frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
+    """Forward passes inside normalise with batch statistics but leave the running ones untouched.
+
+    Extra forwards of a loss on unusual inputs (MONA's L_eqv feeds warped slices with zero
+    padding outside the image) would otherwise pull BatchNorm's running mean and variance,
+    which evaluation uses and the EMA teacher copies, away from the statistics of real slices.
+    Momentum 0 keeps `running = (1 - 0) * running`.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
