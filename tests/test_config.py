@@ -68,7 +68,7 @@ def test_override_without_equals_is_a_mona_error():
 
 
 @pytest.mark.parametrize("override", ["method=fancy", "data.labeled=0", "data.labeled=some", "data.image_size=100",
-                                      "train.device=tpu", "mona.stage=middle"])
+                                      "train.device=tpu", "mona.stage=middle", "mona.eqv_pixels=all"])
 def test_invalid_values_are_mona_errors(override):
     with pytest.raises(MonaError):
         load_config([], [override])

@@ -169,3 +169,15 @@ def test_equivariance_forwards_leave_batchnorm_statistics_alone():
     loss.backward()
     assert loss > 0 and method.model.head.weight.grad.abs().sum() > 0
     assert all(torch.equal(n.running_mean, mean) for n, mean in zip(norms, before))
+
+
+@pytest.mark.parametrize("pixels, expect_loss", [("foreground", False), ("confident", True)])
+def test_eqv_pixels_decides_whether_background_counts(pixels, expect_loss):
+    from mona.config import MonaConfig
+
+    method = MonaFinetune(4, MonaConfig(eqv_pixels=pixels))
+    torch.manual_seed(0)
+    background = torch.zeros(2, 32, 32, dtype=torch.long)
+    loss = method._equivariance(torch.rand(2, 1, 32, 32), background, torch.ones(2, 32, 32),
+                                torch.Generator().manual_seed(0))
+    assert (loss > 0) == expect_loss

@@ -93,6 +93,7 @@ class MonaConfig:
     rampup: float = 0.0  # fraction of stage 2 over which L_unsup, L_contrast, L_eqv, L_nn ramp in (sigmoid); 0 = spec
     confidence_threshold: float = 0.97
     eqv_confidence: float = 0.7
+    eqv_pixels: str = "foreground"  # foreground (spec: pseudo-label != 0) | confident (every class)
     num_queries: int = 256
     num_negatives: int = 512
     contrast_temperature: float = 0.5
@@ -208,6 +209,8 @@ def validate(config: Config) -> None:
         raise MonaError(f"train.amp_dtype must be bf16 or fp16, not {config.train.amp_dtype!r}")
     if config.mona.stage not in ("both", "pretrain", "finetune"):
         raise MonaError(f"mona.stage must be both, pretrain or finetune, not {config.mona.stage!r}")
+    if config.mona.eqv_pixels not in ("foreground", "confident"):
+        raise MonaError(f"mona.eqv_pixels must be foreground or confident, not {config.mona.eqv_pixels!r}")
     labeled = config.data.labeled
     if labeled != "all" and not (labeled.isdigit() and int(labeled) > 0):
         raise MonaError(f"data.labeled must be a positive number of patients or 'all', not {labeled!r}")

@@ -154,10 +154,12 @@ class MonaFinetune(Method):
         return (per_pixel.mean((1, 2)) * weight).mean()
 
     def _equivariance(self, images_u, pseudo, confidence, generator) -> torch.Tensor:
-        """KL(W(softmax(student(view1))) || student(W(view2))) on confident foreground pixels.
+        """KL(W(softmax(student(view1))) || student(W(view2))) on confident pixels.
 
-        Its two extra student forwards leave BatchNorm's running statistics alone (see
-        `frozen_batchnorm_statistics`): the warped view's zero padding would skew them.
+        `mona.eqv_pixels` "foreground" (spec) keeps pixels whose pseudo-label is not
+        background; "confident" keeps background too, so the loss also penalises foreground
+        the warped view invents (docs/method.md). Its two extra student forwards leave
+        BatchNorm's running statistics alone (`frozen_batchnorm_statistics`).
         """
         warp = random_equivariance_warp(generator, images_u.shape[0], images_u.shape[-2:], images_u.device)
         second_view = photometric_view(images_u, generator)
@@ -165,7 +167,9 @@ class MonaFinetune(Method):
             with torch.no_grad():
                 target = warp(torch.softmax(self.model(images_u).logits.float(), dim=1))
             prediction = self.model(warp(second_view)).logits
-        mask = (warp(pseudo) != 0) & (warp(confidence) >= self.config.eqv_confidence) & warp.inside
+        mask = (warp(confidence) >= self.config.eqv_confidence) & warp.inside
+        if self.config.eqv_pixels == "foreground":
+            mask &= warp(pseudo) != 0
         return self.equivariance(target, prediction, mask)
 
     def training_step(self, labeled, unlabeled, progress, generator):
