@@ -22,6 +22,7 @@ from mona.augment.weak import resize_images
 from mona.config import config_from_dict
 from mona.data.ssl4mis import dataset_info, load_volumes
 from mona.engine.run import load_run_model
+from mona.losses import EquivarianceLoss
 
 WARPS = {
     "identity": dict(rotation=0.0, scale=(1.0, 1.0), translation=0.0, mirror_p=0.0, jitter=0.0),
@@ -58,10 +59,10 @@ def main() -> None:
         for name, options in WARPS.items():
             warp = random_equivariance_warp(generator, images.shape[0], images.shape[-2:], "cpu", **options)
             target = warp(probs)
-            log_prediction = torch.log_softmax(model(warp(images)).logits.float(), dim=1)
+            prediction = model(warp(images)).logits.float()
             mask = (warp(label) != 0) & (warp(confidence) >= 0.7) & warp.inside
-            kl = (torch.special.xlogy(target, target) - target * log_prediction).sum(dim=1)[mask].mean()
-            agreement = (target.argmax(1) == log_prediction.argmax(1))[mask].float().mean()
+            kl = EquivarianceLoss()(target, prediction, mask)
+            agreement = (target.argmax(1) == prediction.argmax(1))[mask].float().mean()
             print(f"{name:14s} pixels {mask.float().mean():.3f}  KL {kl:.3f}  argmax agreement {agreement:.3f}")
 
 
