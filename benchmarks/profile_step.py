@@ -22,12 +22,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True  # as the trainer
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         row = bench(args.method, args.size, PAPER_BATCHES[args.method], device, amp=device.type == "cuda", steps=args.steps, warmup=2)
-    print(f"{args.method} {args.size}x{args.size} batch {row['batch']}: {row['sec_per_iter'] * 1000:.1f} ms/iter")
-    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-    print(prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=60))
+    print(f"{args.method} {args.size}x{args.size} batch {row['batch']}: {row['sec_per_iter'] * 1000:.1f} ms/iter "
+          f"under the profiler, {args.steps + 2} steps profiled")
+    events = prof.key_averages()
+    if device.type == "cuda":
+        print("Top kernels and operators by self GPU time:")
+        print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
+    print("Top operators by self CPU time:")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=70))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Seconds per iteration, images per second and peak memory of each method's training step.
 
   python benchmarks/train_speed.py --size 128 --batch 4 --device cpu [--amp] [--json out.json]
-  python benchmarks/train_speed.py --size 256 --paper-batches --device cuda --amp
+  python benchmarks/train_speed.py --size 256 --paper-batches --device cuda --amp [--compile]
 
 Times the engine's full step (forward, losses, backward, SGD, EMA) of supervised, mean
 teacher, MONA stage 1 and MONA stage 2 on random data, after warm-up steps, and prints
@@ -45,9 +45,13 @@ def peak_rss_mb() -> float:
 
 
 def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, amp: bool, steps: int, warmup: int,
-          representation_stride: int = 1):
+          representation_stride: int = 1, compile_networks: bool = False):
     torch.manual_seed(0)
     method = make_method(name, 4, representation_stride).to(device).to(memory_format=torch.channels_last)
+    if compile_networks:
+        for network in (method.model, method.teacher):
+            if network is not None:
+                network.compile()
     method.train()
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
@@ -96,22 +100,28 @@ def main() -> None:
     parser.add_argument("--methods", default="supervised,mean_teacher,mona_pretrain,mona_finetune")
     parser.add_argument("--representation-stride", type=int, default=1, help="MONA stage 2 pixel-embedding stride")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument("--no-cudnn-benchmark", action="store_true",
+                        help="leave cuDNN's algorithm search off (the trainer turns it on for CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the student and teacher UNets")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     config = Config()
     config.train.amp = args.amp
     amp = resolve_amp(config, device)
     rows = []
     for name in args.methods.split(","):
         batch = PAPER_BATCHES[name] if args.paper_batches else (args.batch, args.batch)
-        rows.append(bench(name, args.size, batch, device, amp, args.steps, args.warmup, args.representation_stride))
+        rows.append(bench(name, args.size, batch, device, amp, args.steps, args.warmup, args.representation_stride,
+                          args.compile))
     reference = next((r["sec_per_iter"] for r in rows if r["method"] == "mean_teacher"), None)
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"{hardware}, {torch.get_num_threads()} threads, {args.size}x{args.size}, amp={amp}, "
-          f"representation stride {args.representation_stride}, torch {torch.__version__}, {date.today()}")
+          f"representation stride {args.representation_stride}, cudnn.benchmark={torch.backends.cudnn.benchmark}, "
+          f"compile={args.compile}, torch {torch.__version__}, {date.today()}")
     print(f"{'method':<15}{'batch':>7}{'s/iter':>9}{'img/s':>8}{'peak MB':>9}{'x MT':>7}")
     for row in rows:
         row["ratio_to_mean_teacher"] = row["sec_per_iter"] / reference if reference else None
@@ -121,7 +131,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"device": hardware, "size": args.size, "amp": amp, "date": str(date.today()),
-                       "torch": torch.__version__, "rows": rows}, handle, indent=2)
+                       "torch": torch.__version__, "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                       "compile": args.compile, "rows": rows}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -232,3 +232,14 @@ def test_bad_metadata_json(copy):
     with pytest.raises(MonaError, match="JSON") as info:
         dataset_info(copy)
     assert info.value.path == str(copy / "mona.json")
+
+
+def test_uint8_image_read_as_fraction_of_255(copy):
+    path = first_slice(copy)
+    image, label = read_h5(path, 2, 4)
+    quantised = np.round(image.clip(0, 1) * 255).astype(np.uint8)
+    rewrite(path, quantised, label)
+    again, _ = read_h5(path, 2, 4)
+    assert again.dtype == np.float32
+    np.testing.assert_allclose(again, quantised / 255, atol=1e-7)
+    assert np.abs(again - image.clip(0, 1)).max() <= 0.5 / 255 + 1e-6

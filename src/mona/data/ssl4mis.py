@@ -53,7 +53,8 @@ def read_h5(path: Path, ndim: int, num_classes: int, need_label: bool = True) ->
         with h5py.File(path, "r") as handle:
             if "image" not in handle or (need_label and "label" not in handle):
                 raise MonaError(f"h5 file lacks the 'image' or 'label' dataset (has {sorted(handle.keys())})", path)
-            image = np.asarray(handle["image"][()], dtype=np.float32)
+            image = handle["image"][()]
+            image = image.astype(np.float32) / 255 if image.dtype == np.uint8 else image.astype(np.float32)
             label = np.asarray(handle["label"][()]) if "label" in handle else None
     except MonaError:
         raise

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mona.randomness import device_generator
+
 
 class FeatureQueue(nn.Module):
     """A FIFO ring buffer of L2-normalised embeddings (MoCo / ISD style queue).
@@ -123,11 +125,12 @@ class ClassMemoryBank(nn.Module):
     def sample(self, class_index: int, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw `n` stored embeddings of class `class_index` uniformly with replacement: (n, D).
 
-        Indices are drawn on the generator's device with `torch.randint(filled, (n,))`.
+        Indices are drawn with `torch.randint(filled, (n,))` on the bank's device, from
+        `generator` or a generator it seeds there (`mona.randomness.device_generator`).
         """
         stored = self.queues[class_index].items()
         if stored.shape[0] == 0:
             raise ValueError(f"the memory bank of class {class_index} is empty")
-        device = generator.device if generator is not None else stored.device
-        index = torch.randint(stored.shape[0], (n,), generator=generator, device=device)
-        return stored[index.to(stored.device)]
+        if generator is not None:
+            generator = device_generator(generator, stored.device)
+        return stored[torch.randint(stored.shape[0], (n,), generator=generator, device=stored.device)]

@@ -15,6 +15,7 @@ from mona.config import MeanTeacherConfig
 from mona.engine.schedule import sigmoid_rampup
 from mona.losses.supervised import SupervisedSegLoss
 from mona.methods.base import Method
+from mona.randomness import device_generator
 
 
 class MeanTeacher(Method):
@@ -30,7 +31,8 @@ class MeanTeacher(Method):
         images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
         n_labeled = images_l.shape[0]
         images = torch.cat([images_l, images_u])
-        noise = torch.randn(images.shape, generator=generator).to(images.device) * self.config.noise
+        noise_generator = device_generator(generator, images.device)
+        noise = torch.randn(images.shape, generator=noise_generator, device=images.device) * self.config.noise
         noise = noise.clamp(-2 * self.config.noise, 2 * self.config.noise).to(images.dtype)
         student_logits = self.model(images).logits
         with torch.no_grad():
