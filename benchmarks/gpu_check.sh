@@ -9,7 +9,7 @@
 #      and scored on their best-on-val checkpoint so far (marked partial);
 #   3. every run scored on test (best on val and last);
 #   4. on the then idle GPU: the training benchmark at 256x256 with the paper's batches
-#      (cuDNN algorithm search on, and off for comparison), at 128x128 4+4, kernel profiles
+#      (and with cuDNN's algorithm search, for comparison), at 128x128 4+4, kernel profiles
 #      of MONA stage 2 and mean teacher, a 2-process DDP run when 2 GPUs exist, and, with
 #      the time left (TOTAL_SECONDS, default 570, minus what was used), the benchmark of
 #      supervised and mean teacher with torch.compile'd UNets.
@@ -75,8 +75,8 @@ echo "== 4. benchmarks"
 size=${BENCH_SIZE:-256}; steps=${BENCH_STEPS:-20}
 bench=(timeout 90 $py benchmarks/train_speed.py --device "$device" --amp --steps "$steps" --warmup 5)
 "${bench[@]}" --size "$size" --paper-batches --json "$out/bench_256_paper.json" 2>&1 | grep -v -i warn
-"${bench[@]}" --size "$size" --paper-batches --methods mean_teacher,mona_finetune --no-cudnn-benchmark \
-  --json "$out/bench_256_paper_no_cudnn_benchmark.json" 2>&1 | grep -v -i warn
+"${bench[@]}" --size "$size" --paper-batches --methods mean_teacher,mona_finetune --cudnn-benchmark \
+  --json "$out/bench_256_paper_cudnn_benchmark.json" 2>&1 | grep -v -i warn
 "${bench[@]}" --size 128 --batch 4 --json "$out/bench_128_4.json" 2>&1 | grep -v -i warn
 { timeout 60 $py -m benchmarks.profile_step --device "$device" --size "$size" --method mona_finetune --steps 3
   timeout 45 $py -m benchmarks.profile_step --device "$device" --size "$size" --method mean_teacher --steps 3

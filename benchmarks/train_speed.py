@@ -100,15 +100,15 @@ def main() -> None:
     parser.add_argument("--methods", default="supervised,mean_teacher,mona_pretrain,mona_finetune")
     parser.add_argument("--representation-stride", type=int, default=1, help="MONA stage 2 pixel-embedding stride")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
-    parser.add_argument("--no-cudnn-benchmark", action="store_true",
-                        help="leave cuDNN's algorithm search off (the trainer turns it on for CUDA)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="time cuDNN's algorithms first (off in the trainer: no gain measured, docs/results.md)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student and teacher UNets")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     config = Config()
     config.train.amp = args.amp
     amp = resolve_amp(config, device)

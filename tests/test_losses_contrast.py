@@ -6,6 +6,7 @@ import torch
 
 import mona.losses.contrast as contrast_module
 from mona.losses import AnatomicalContrastLoss, ClassMemoryBank
+from mona.randomness import device_generator
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 Q, N, TEMP = 4, 5, 0.5
@@ -44,9 +45,10 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v.double() / v.double().norm()
 
 
-def reference_loss(student, teacher, labels, probs, labeled, progress, bank_rows, generator):
+def reference_loss(student, teacher, labels, probs, labeled, progress, bank_rows, generator, bank_device="cpu"):
     """Loop reference of the loss; `bank_rows` is a list per class of stored unit vectors
-    (no wrap-around), extended in place like the FIFO bank."""
+    (no wrap-around), extended in place like the FIFO bank. Negatives are drawn where a bank
+    on `bank_device` draws them (`device_generator`)."""
     b, d, h, w = student.shape
     anchors, negatives = reference_select(labels, probs, labeled, progress)
     pixels = [(i, y, x) for i in range(b) for y in range(h) for x in range(w)]
@@ -58,7 +60,8 @@ def reference_loss(student, teacher, labels, probs, labeled, progress, bank_rows
             continue
         prototype = _unit(sum(_unit(teacher[i, :, y, x]) for i, y, x in candidates))
         draws = torch.randint(len(candidates), (Q,), generator=generator)
-        negative_draws = torch.randint(len(bank_rows[cls]), (Q * N,), generator=generator)
+        negative_draws = torch.randint(len(bank_rows[cls]), (Q * N,), generator=device_generator(generator, bank_device),
+                                       device=bank_device).cpu()
         total = 0.0
         for q in range(Q):
             i, y, x = candidates[int(draws[q])]
@@ -134,7 +137,7 @@ def test_alpha_schedule_releases_anchors_over_the_run():
 def test_loss_matches_loop_reference(device, num_classes):
     student, teacher, labels, probs, labeled = _batch(10 + num_classes, num_classes)
     bank, rows = _prefilled(num_classes, 6, seed=1)
-    expected = reference_loss(student, teacher, labels, probs, labeled, 0.3, rows, torch.Generator().manual_seed(7))
+    expected = reference_loss(student, teacher, labels, probs, labeled, 0.3, rows, torch.Generator().manual_seed(7), device)
     loss_fn = AnatomicalContrastLoss(num_queries=Q, num_negatives=N, temperature=TEMP)
     bank = bank.to(device)
     loss = loss_fn(

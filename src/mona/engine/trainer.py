@@ -144,8 +144,6 @@ class Trainer:
             if device.type == "cuda":
                 method.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.model)
         method.to(device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed training shapes: time cuDNN's algorithms once
         if config.train.channels_last:
             method.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(
