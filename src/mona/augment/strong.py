@@ -20,6 +20,7 @@ from kornia.enhance import adjust_contrast, adjust_contrast_with_mean_subtractio
 from kornia.filters import gaussian_blur2d
 
 from mona.augment.warp import as_size, identity_grid, resample, uniform
+from mona.randomness import host_to_device
 
 VELOCITY_SMOOTHING = 3.0
 """Gaussian sigma, in cells of the velocity grid, that makes the random velocity field smooth."""
@@ -43,8 +44,8 @@ def cutmix(
     """
     batch, _, height, width = image.shape
     device = image.device
-    order = torch.randperm(batch, generator=generator, device=generator.device).to(device)
-    shift = torch.randint(1, max(batch, 2), (1,), generator=generator, device=generator.device).to(device)
+    order = host_to_device(torch.randperm(batch, generator=generator, device=generator.device), device)
+    shift = host_to_device(torch.randint(1, max(batch, 2), (1,), generator=generator, device=generator.device), device)
     partner = torch.empty_like(order)
     partner[order] = order[(torch.arange(batch, device=device) + shift) % batch]
 
@@ -130,7 +131,7 @@ def random_diffeomorphism(
     """
     device = generator.device if device is None else torch.device(device)
     height, width = as_size(size)
-    noise = torch.randn((batch, 2, grid, grid), generator=generator, device=generator.device).to(device)
+    noise = host_to_device(torch.randn((batch, 2, grid, grid), generator=generator, device=generator.device), device)
     kernel = 2 * math.ceil(3 * VELOCITY_SMOOTHING) + 1
     smooth = gaussian_blur2d(noise, kernel, (VELOCITY_SMOOTHING, VELOCITY_SMOOTHING))
     rms = smooth.square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from kornia.geometry import create_meshgrid
 from kornia.geometry.transform import get_tps_transform, warp_points_tps
 
+from mona.randomness import host_to_device
+
 TPS_POINTS = 64
 """The TPS displacement is evaluated on at most TPS_POINTS per axis and upsampled bilinearly (see below)."""
 
@@ -34,7 +36,7 @@ def uniform(
     same seed give the same draws) without the caller matching devices.
     """
     draw = torch.rand(shape, generator=generator, device=generator.device)
-    return (low + (high - low) * draw).to(device)
+    return host_to_device(low + (high - low) * draw, device)
 
 
 def identity_grid(batch: int, size: int | tuple[int, int], device: torch.device | str) -> torch.Tensor:

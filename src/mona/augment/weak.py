@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mona.randomness import host_to_device
+
 
 def random_weak_affine(batch: int, generator: torch.Generator) -> torch.Tensor:
     """(B, 2, 3) affine matrices in normalised coordinates for `F.affine_grid`."""
@@ -38,7 +40,7 @@ def warp_affine(
     theta: torch.Tensor, image: torch.Tensor, label: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Warp images (B,C,H,W) bilinearly and labels (B,H,W) with nearest by the same affine maps."""
-    theta = theta.to(device=image.device, dtype=torch.float32)
+    theta = host_to_device(theta.to(torch.float32), image.device)
     grid = F.affine_grid(theta, list(image.shape), align_corners=False)
     warped = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if label is None:

@@ -22,6 +22,7 @@ import torch
 
 from mona.augment.weak import resize_images, resize_labels
 from mona.errors import MonaError
+from mona.randomness import host_to_device
 
 ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
 
@@ -133,9 +134,9 @@ class SliceStore:
 
     def batch(self, indices: torch.Tensor, device: torch.device, with_label: bool = True) -> dict[str, torch.Tensor]:
         """A batch on `device`; unlabeled streams are drawn without labels so no method can peek."""
-        batch = {"image": self.images[indices].to(device, non_blocking=True)}
+        batch = {"image": host_to_device(self.images[indices], device)}
         if with_label:
-            batch["label"] = self.labels[indices].to(device, non_blocking=True).long()
+            batch["label"] = host_to_device(self.labels[indices], device).long()
         return batch
 
 

@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mona.losses.queue import ClassMemoryBank
+from mona.randomness import host_to_device
 
 
 def _randint(high: int, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
     """`n` draws from [0, high) on the generator's device (so CPU generators work with CUDA data)."""
     where = generator.device if generator is not None else device
-    return torch.randint(high, (n,), generator=generator, device=where).to(device)
+    return host_to_device(torch.randint(high, (n,), generator=generator, device=where), device)
 
 
 class AnatomicalContrastLoss(nn.Module):
