@@ -53,16 +53,19 @@ echo "== 2. real ACDC, reduced protocol, ${acdc_seconds} s"
 start=$(date +%s)
 common=(--data "$data" --config cpu-small --device "$device" --no-progress train.iterations="$iterations"
         mona.pretrain_iterations="$pretrain")
+runs=()  # the PIDs of the runs this script started: only they are stopped at the deadline
 launch() { # name method labeled
   OMP_NUM_THREADS=2 $py -m mona train "${common[@]}" --method "$2" --labeled "$3" --out "$work/runs/$1" > "$work/runs/$1.log" 2>&1 &
+  runs+=($!)
 }
+running() { for pid in "${runs[@]}"; do kill -0 "$pid" 2> /dev/null && return 0; done; return 1; }
 launch mona7 mona 7; launch mona3 mona 3
 launch sup7 supervised 7; launch mt7 mean_teacher 7; launch supall supervised all
 launch sup3 supervised 3; launch mt3 mean_teacher 3
 OMP_NUM_THREADS=2 timeout 120 $py -m pytest -q -p no:cacheprovider -k cuda tests > "$work/runs/cuda_tests.txt" 2>&1
 tail -n 2 "$work/runs/cuda_tests.txt"
-while [ $(( $(date +%s) - start )) -lt "$acdc_seconds" ] && pgrep -f "mona train" > /dev/null; do sleep 3; done
-pkill -INT -f "mona train"; sleep 4; pkill -9 -f "mona train"
+while [ $(( $(date +%s) - start )) -lt "$acdc_seconds" ] && running; do sleep 3; done
+kill "${runs[@]}" 2> /dev/null; sleep 4; kill -9 "${runs[@]}" 2> /dev/null  # checkpoints are written atomically
 acdc_wall=$(( $(date +%s) - start ))
 tail -n 2 "$work"/runs/{mona,sup,mt}*.log
 
