@@ -119,7 +119,7 @@ def test_checkpoint_written_atomically(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(MonaError, match="last.pt: cannot write \\(disk full\\)"):
         save_checkpoint(path, {"method": {"w": torch.zeros(4)}, "iteration": 9})
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
     assert load_checkpoint(path)["iteration"] == 3  # the previous checkpoint is intact

@@ -219,6 +219,7 @@ def validate(config: Config) -> None:
 
 
 def save_config(config: Config, path: Path) -> None:
-    from mona.engine.checkpoint import atomic_write_text
+    from mona.data.io import atomic_path  # not at the top: the config module stays free of h5py and nibabel
 
-    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -8,38 +8,23 @@ interrupted run never leaves a half-written checkpoint. Checkpoints are loaded w
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mona.data.io import atomic_path
 from mona.errors import MonaError
 
 FORMAT_VERSION = 1
 
 
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda handle: handle.write(text.encode()))
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    _atomic(path, lambda handle: torch.save({"format": FORMAT_VERSION, **state}, handle))
+    """Write `state` (with the format version) under a temporary name, flushed to disk, then rename it onto `path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save({"format": FORMAT_VERSION, **state}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
