@@ -1,7 +1,8 @@
 """Reader of the SSL4MIS dataset layout, labeled budgets in patients, and the two-stream sampler.
 
 Layout: `train_slices.list`, `val.list`, `test.list`, `data/slices/<slice>.h5` (2D) and
-`data/<volume>.h5` (3D), keys `image` (float, [0, 1]) and `label` (uint8). An optional
+`data/<volume>.h5` (3D), keys `image` (float in [0, 1], or uint8 read as value / 255) and
+`label` (uint8). An optional
 `mona.json` (written by `mona synth` and `mona prepare`) names the classes and spacings.
 
 Training slices are read once, checked, resized to the training size (images linearly,
