@@ -2,8 +2,8 @@
 
 Layout: `train_slices.list`, `val.list`, `test.list`, `data/slices/<slice>.h5` (2D) and
 `data/<volume>.h5` (3D), keys `image` (float in [0, 1], or uint8 read as value / 255) and
-`label` (uint8). An optional
-`mona.json` (written by `mona synth` and `mona prepare`) names the classes and spacings.
+`label` (uint8). An optional `mona.json` (written by `mona synth` and `mona prepare`) names
+the classes and spacings.
 
 Training slices are read once, checked, resized to the training size (images linearly,
 labels with nearest) and kept in memory as two tensors, so a batch is an index lookup and
