@@ -76,7 +76,8 @@ tar -C "$work" --exclude='*.pt' --exclude='tb' -czf "$out/runs.tar.gz" runs
 
 echo "== 4. benchmarks"
 size=${BENCH_SIZE:-256}; steps=${BENCH_STEPS:-20}
-bench=(timeout 90 $py benchmarks/train_speed.py --device "$device" --amp --steps "$steps" --warmup 5)
+speed=($py benchmarks/train_speed.py --device "$device" --amp --steps "$steps" --warmup 5)
+bench=(timeout 90 "${speed[@]}")
 "${bench[@]}" --size "$size" --paper-batches --json "$out/bench_256_paper.json" 2>&1 | grep -v -i warn
 "${bench[@]}" --size "$size" --paper-batches --methods mean_teacher,mona_finetune --cudnn-benchmark \
   --json "$out/bench_256_paper_cudnn_benchmark.json" 2>&1 | grep -v -i warn
@@ -91,7 +92,6 @@ if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
     mona.pretrain_iterations=20 --out "$work/ddp2" 2>&1 | tail -n 3
 fi
 left=$(( total_seconds - ($(date +%s) - script_start) ))
-[ "$left" -gt 30 ] && timeout "$left" $py benchmarks/train_speed.py --device "$device" --amp --steps "$steps" --warmup 5 \
-  --size "$size" --paper-batches --methods supervised,mean_teacher --compile --json "$out/bench_256_paper_compile.json" \
+[ "$left" -gt 30 ] && timeout "$left" "${speed[@]}" --size "$size" --paper-batches --methods supervised,mean_teacher --compile --json "$out/bench_256_paper_compile.json" \
   2>&1 | grep -v -i warn | tail -n 4
 echo "== done"
