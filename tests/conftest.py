@@ -1,5 +1,7 @@
 """Shared test fixtures."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -13,3 +15,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def interrupt_at():
+    """`with interrupt_at(MethodClass, iterations, stop) as calls:` makes the method's training step
+    raise KeyboardInterrupt (a Ctrl-C) when it is called for iteration `stop` of `iterations`;
+    `calls` lists the iterations it was called for. The step is restored on leaving the block."""
+
+    @contextlib.contextmanager
+    def patch(method_class, iterations, stop):
+        original = method_class.training_step
+        calls = []
+
+        def interrupted_step(self, labeled, unlabeled, progress, generator):
+            calls.append(round(progress * iterations))
+            if calls[-1] == stop:
+                raise KeyboardInterrupt
+            return original(self, labeled, unlabeled, progress, generator)
+
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            monkeypatch.setattr(method_class, "training_step", interrupted_step)
+            yield calls
+
+    return patch

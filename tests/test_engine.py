@@ -204,25 +204,14 @@ def final_state(run_dir):
     return torch.load(Path(run_dir) / "last.pt", weights_only=True)
 
 
-def test_resume_equals_uninterrupted(phantom, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(phantom, tmp_path, interrupt_at):
     common = ("method=mean_teacher", "train.iterations=6", "train.val_every=3", "train.log_every=1")
     straight = tmp_path / "straight"
     train(make_config(phantom, straight, *common))
 
     interrupted = tmp_path / "interrupted"
-    original = MeanTeacher.training_step
-    calls = []
-
-    def interrupt_at_4(self, labeled, unlabeled, progress, generator):
-        calls.append(round(progress * 6))
-        if calls[-1] == 4:
-            raise KeyboardInterrupt
-        return original(self, labeled, unlabeled, progress, generator)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(MeanTeacher, "training_step", interrupt_at_4)
-        with pytest.raises(MonaError, match="interrupted"):
-            train(make_config(phantom, interrupted, *common))
+    with interrupt_at(MeanTeacher, 6, 4) as calls, pytest.raises(MonaError, match="interrupted"):
+        train(make_config(phantom, interrupted, *common))
     assert calls == [0, 1, 2, 3, 4]
     assert final_state(interrupted)["iteration"] == 3
     assert [r["iteration"] for r in read_log(interrupted)] == [1, 2, 3, 4]  # 4 was logged after the checkpoint

@@ -91,27 +91,15 @@ def test_switches_remove_their_losses(phantom, tmp_path):
     assert not (run / "pretrain").exists()
 
 
-def test_resume_equals_uninterrupted(phantom, tmp_path):
+def test_resume_equals_uninterrupted(phantom, tmp_path, interrupt_at):
     common = ("mona.pretrain_iterations=2", "train.iterations=4", "train.val_every=2")
     straight = tmp_path / "straight"
     train(make_config(phantom, straight, *common))
 
     interrupted = tmp_path / "interrupted"
-    original = MonaFinetune.training_step
-    calls = []
-
-    def interrupt_at_3(self, labeled, unlabeled, progress, generator):
-        calls.append(round(progress * 4))
-        if calls[-1] == 3:
-            raise KeyboardInterrupt
-        return original(self, labeled, unlabeled, progress, generator)
-
-    MonaFinetune.training_step = interrupt_at_3
-    try:
-        with pytest.raises(MonaError, match="interrupted"):
-            train(make_config(phantom, interrupted, *common))
-    finally:
-        MonaFinetune.training_step = original
+    with interrupt_at(MonaFinetune, 4, 3) as calls, pytest.raises(MonaError, match="interrupted"):
+        train(make_config(phantom, interrupted, *common))
+    assert calls == [0, 1, 2, 3]
     train(resume_config(interrupted), resume=True)
     a = torch.load(straight / "finetune" / "last.pt", weights_only=True)
     b = torch.load(interrupted / "finetune" / "last.pt", weights_only=True)
