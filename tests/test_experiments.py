@@ -4,6 +4,7 @@ nothing, an interrupted grid resumes its interrupted run, and the report's numbe
 import csv
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -129,3 +130,24 @@ def test_acdc_is_recognised_without_metadata(tmp_path):
     assert acdc_like(str(tmp_path / "ACDC"), ["RV", "Myo", "LV"])
     assert not acdc_like(str(tmp_path / "ACDC"), ["liver", "tumour"])
     assert not acdc_like(str(tmp_path / "other"), ["RV", "Myo", "LV"])
+
+
+def test_report_rebuilds_without_checkpoints(grid_run, tmp_path):
+    """A report folder published without its .pt files (docs/results/) rebuilds with the same
+    numbers and training time, keeping the montages it cannot redraw."""
+    out, _ = grid_run
+    for spec in SPECS:
+        run = out / "runs" / spec.name
+        val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+        assert val[-1]["train_seconds"] == pytest.approx(load_checkpoint(run / "last.pt")["metrics"]["train_seconds"])
+    assert main(["report", str(out)]) == 0
+    published = tmp_path / "published"
+    shutil.copytree(out, published, ignore=shutil.ignore_patterns("*.pt", "tb"))
+    (published / "montage_mean_teacher.png").unlink()
+    assert main(["report", str(published)]) == 0
+    original, rebuilt = (out / "report.md").read_text(), (published / "report.md").read_text()
+    tables = [[line for line in text.splitlines() if line.startswith("|") or "wall time" in line]
+              for text in (original, rebuilt)]
+    assert tables[0] == tables[1] and len(tables[0]) > 10
+    assert "(montage_supervised.png)\n(kept from an earlier build" in rebuilt
+    assert "(no mean_teacher montage" in rebuilt and not (published / "montage_mean_teacher.png").exists()

@@ -245,8 +245,10 @@ class Trainer:
                 if main and (done % config.train.val_every == 0 or done == total):
                     last_val = validate(method, self.val_volumes, config, device, amp)
                     last_val["iteration"] = done
-                    self._log(writer, {"iteration": done, "split": "val", **{k: v for k, v in last_val.items() if k != "iteration"}})
                     timing["sec_per_iter"] = timing["train_seconds"] / done
+                    val_record = {k: v for k, v in last_val.items() if k != "iteration"}
+                    self._log(writer, {"iteration": done, "split": "val", **val_record,
+                                       "train_seconds": timing["train_seconds"]})
                     improved = last_val["dice"] > best["dice"]
                     if improved:
                         best = dict(last_val)

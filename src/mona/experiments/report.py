@@ -5,6 +5,9 @@ at any time, also while a grid is still running. Aggregates are the mean and sam
 (n-1) over seeds of each run's test summary (itself the mean over cases, then classes).
 The paper's ACDC Dice (MONA_SPEC sections 7-8) is shown beside ours when the dataset is
 ACDC and the budget is one the paper reports; elsewhere "-".
+No checkpoint is needed: training times come from the runs' metrics.jsonl, and montages are
+redrawn only where the data folder and the runs' best.pt are present, so a report folder
+published without its checkpoints (docs/results/) rebuilds and keeps its montages.
 """
 
 from __future__ import annotations
@@ -63,19 +66,33 @@ def variant_key(variant: str) -> tuple[int, str]:
 
 
 def stage_dirs(run_dir: Path) -> list[Path]:
-    """The folders holding a run's checkpoints and metrics.jsonl: MONA's stages in order, or the run."""
-    stages = [run_dir / name for name in ("pretrain", "finetune") if (run_dir / name / "last.pt").is_file()]
+    """The folders holding a run's metrics.jsonl (and checkpoints): MONA's stages in order, or the run."""
+    stages = [run_dir / name for name in ("pretrain", "finetune") if (run_dir / name / "metrics.jsonl").is_file()]
     return stages or [run_dir]
+
+
+def read_records(stage: Path) -> list[dict]:
+    return [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def stage_timing(stage: Path) -> tuple[float, int]:
+    """Training seconds and iterations of one stage: from its last val record, or from `last.pt` for
+    runs logged before val records carried `train_seconds`."""
+    val = [r for r in read_records(stage) if r["split"] == "val"]
+    if val and "train_seconds" in val[-1]:
+        return val[-1]["train_seconds"], val[-1]["iteration"]
+    if not (stage / "last.pt").is_file():
+        raise MonaError("no training time: the last val record has no train_seconds and last.pt is missing",
+                        stage / "metrics.jsonl")
+    state = load_checkpoint(stage / "last.pt")
+    return state["metrics"].get("train_seconds", 0.0), state["iteration"]
 
 
 def load_run(run_dir: Path) -> dict:
     """A finished run: its config, variant, test summaries per checkpoint and training time."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    seconds, iterations = 0.0, 0
-    for stage in stage_dirs(run_dir):
-        state = load_checkpoint(stage / "last.pt")
-        seconds += state["metrics"].get("train_seconds", 0.0)
-        iterations += state["iteration"]
+    timings = [stage_timing(stage) for stage in stage_dirs(run_dir)]
+    seconds, iterations = sum(s for s, _ in timings), sum(i for _, i in timings)
     hw = run_dir / "hardware.txt"
     return {
         "name": run_dir.name, "dir": run_dir, "config": config, "variant": variant_of(config),
@@ -196,7 +213,7 @@ def plot_curves(run: dict, path: Path) -> None:
     offset = 0
     for stage in stage_dirs(run["dir"]):
         prefix = f"{stage.name}/" if stage != run["dir"] else ""
-        records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines() if line]
+        records = read_records(stage)
         train = [r for r in records if r["split"] == "train"]
         val = [r for r in records if r["split"] == "val"]
         keys = sorted({k for r in train for k in r} - {"iteration", "split", "lr", "sec_per_iter", "data_wait"})
@@ -242,6 +259,10 @@ def plot_dice_vs_budget(runs: list[dict], path: Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+def has_best_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / sub / "best.pt").is_file() for sub in ("", "finetune"))
 
 
 def plot_montage(variant: str, runs: list[dict], path: Path) -> None:
@@ -290,15 +311,20 @@ def build_report(out: str | Path) -> Path:
              f"- Paper Dice: MONA_SPEC sections 7-8 (ACDC){'' if acdc else '; not ACDC, so not shown'}",
              "", *tables(runs, acdc), "", "## Figures", "", "![Dice against label budget](dice_vs_budget.png)", ""]
     plot_dice_vs_budget(runs, out / "dice_vs_budget.png")
-    if Path(first["config"]["data"]["root"]).is_dir():
-        by_variant: dict[str, dict[str, dict]] = defaultdict(dict)
-        for run in runs:
-            by_variant[run["variant"]].setdefault(run["labeled"], run)  # runs are sorted by seed: the first seed
-        for variant, by_budget in by_variant.items():
-            plot_montage(variant, list(by_budget.values()), out / f"montage_{variant}.png")
-            lines += [f"![{variant} test slices](montage_{variant}.png)", ""]
-    else:
-        lines += ["(no montages: the data folder is not here)", ""]
+    data_here = Path(first["config"]["data"]["root"]).is_dir()
+    by_variant: dict[str, dict[str, dict]] = defaultdict(dict)
+    for run in runs:
+        by_variant[run["variant"]].setdefault(run["labeled"], run)  # runs are sorted by seed: the first seed
+    for variant, by_budget in by_variant.items():
+        png = out / f"montage_{variant}.png"
+        if data_here and all(has_best_checkpoint(run["dir"]) for run in by_budget.values()):
+            plot_montage(variant, list(by_budget.values()), png)
+            lines += [f"![{variant} test slices]({png.name})", ""]
+        elif png.is_file():
+            lines += [f"![{variant} test slices]({png.name})",
+                      "(kept from an earlier build: the data folder or the runs' best.pt are not here)", ""]
+        else:
+            lines += [f"(no {variant} montage: it needs the data folder and the runs' best.pt)", ""]
     lines += ["### Learning curves", ""]
     for run in runs:
         plot_curves(run, out / f"curves_{run['name']}.png")
