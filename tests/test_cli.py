@@ -121,6 +121,14 @@ def test_evaluate_last_on_val(tiny_run, capsys):
     assert summary["iteration"] == 4 and summary["split"] == "val"
 
 
+def test_evaluate_largest_component_writes_its_own_folder(tiny_run, capsys):
+    assert main(["evaluate", str(tiny_run), "--split", "val", "--largest-component", "--device", "cpu"]) == 0
+    assert "largest component per class" in capsys.readouterr().out
+    summary = json.loads((tiny_run / "eval_val_best_largest" / "summary.json").read_text())
+    assert summary["largest_component"] is True and summary["split"] == "val"
+    assert not (tiny_run / "eval_val_best").exists()  # the plain scores are not overwritten
+
+
 def test_demo(tmp_path, capsys):
     out = tmp_path / "demo"
     # the demo preset asks for bf16 autocast, switched off with a warning on CPUs without native bf16

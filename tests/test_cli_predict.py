@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from mona.cli.main import main
 from mona.config import load_config
@@ -21,6 +22,7 @@ from mona.data.phantom import write_phantom
 from mona.engine.run import train
 from mona.errors import MonaError
 from mona.evaluation import predict as predict_module
+from mona.evaluation.postprocess import keep_largest_component
 from mona.evaluation.predict import (Layout, Preprocessing, inference_amp, load_predictor, predict_file,
                                      preprocessing_from_metadata, run_preprocessing)
 
@@ -130,6 +132,22 @@ def test_h5_input_writes_h5_or_nifti(trained, tmp_path):
     assert main(["predict", "-m", str(run), "-i", str(source), "-o", str(tmp_path / "nii"), "--format", "nii",
                  "--no-progress"]) == 0
     assert nib.load(tmp_path / "nii" / f"{name}.nii.gz").shape == image.shape[::-1]
+
+
+def test_largest_component_masks(trained, tmp_path):
+    """With --largest-component each class is one connected piece: the plain mask post-processed."""
+    root, run = trained
+    source = root / "data" / f"{(root / 'test.list').read_text().split()[0]}.h5"
+    masks = {}
+    for flag in ([], ["--largest-component"]):
+        out = tmp_path / ("largest" if flag else "plain")
+        assert main(["predict", "-m", str(run), "-i", str(source), "-o", str(out), "--no-progress", *flag]) == 0
+        with h5py.File(out / source.name) as f:
+            masks[bool(flag)] = f["label"][()]
+    np.testing.assert_array_equal(masks[True], keep_largest_component(masks[False], 4))
+    assert (masks[True] != masks[False]).any()  # the plain mask had islands to remove
+    for cls in range(1, 4):
+        assert ndimage.label(masks[True] == cls, structure=np.ones((3, 3, 3)))[1] <= 1
 
 
 def test_bad_cases_are_reported_and_the_good_ones_written(trained, tmp_path, capsys):

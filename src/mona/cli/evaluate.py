@@ -1,6 +1,6 @@
 """Score segmentations with Dice, Jaccard, HD95 and ASD (medpy definitions).
 
-  mona evaluate RUN_DIR [--split test] [--checkpoint best|last]
+  mona evaluate RUN_DIR [--split test] [--checkpoint best|last] [--largest-component]
   mona evaluate --pred DIR --truth DIR --num-classes C [--json FILE] [--csv FILE]
 
 A run is scored on its dataset's split volumes (slices predicted one by one, stacked);
@@ -25,13 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--largest-component", action="store_true",
+                        help="keep each class's largest connected component (writes eval_<split>_<checkpoint>_largest/)")
     add_folder_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.run_dir is None:
         return run_folders(args)
-    summary = evaluate_run(args.run_dir, args.split, args.checkpoint, args.device)
-    print(f"{args.run_dir}: {args.split} split, {args.checkpoint} checkpoint (iteration {summary['iteration']})")
+    summary = evaluate_run(args.run_dir, args.split, args.checkpoint, args.device,
+                           largest_component=args.largest_component)
+    post = ", largest component per class" if args.largest_component else ""
+    print(f"{args.run_dir}: {args.split} split, {args.checkpoint} checkpoint (iteration {summary['iteration']}){post}")
     print(format_table(summary))
     return 0

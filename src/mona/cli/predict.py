@@ -13,7 +13,7 @@ h5 volumes are taken as prepared. Each mask is written to OUT under the input's 
 in the input's shape, voxel order, affine and header (h5: key `label`).
 
 --probabilities adds per-class float32 maps (h5 key `probabilities`, or OUT/probabilities/ as
-4D NIfTI); --overlay writes OUT/overlays/<name>.png; --truth DIR scores each case against the
+4D NIfTI, before --largest-component); --overlay writes OUT/overlays/<name>.png; --truth DIR scores each case against the
 label volume of the same name there into OUT/cases.csv and OUT/summary.json.
 A bad case is reported and skipped: the exit code is 1 if any case failed, 2 for a bad run.
 """
@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast (ignored, with a warning, where bf16 is emulated: AVX2-only CPUs)")
     parser.add_argument("--tta", action="store_true", help="average the predictions of flipped slices")
+    parser.add_argument("--largest-component", action="store_true",
+                        help="keep each class's largest 3D connected component in the masks")
     parser.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="slices per forward pass")
     parser.add_argument("--format", choices=FORMATS, default="same",
                         help="output file type: the input's (default), nii (.nii.gz) or h5")
@@ -59,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    predictor = load_predictor(args.model, args.checkpoint, args.device, batch_size=args.batch_size, tta=args.tta)
+    predictor = load_predictor(args.model, args.checkpoint, args.device, batch_size=args.batch_size, tta=args.tta,
+                               largest_component=args.largest_component)
     predictor.amp = inference_amp(args.amp, predictor.device)
     inputs = find_inputs(args.input)
     if args.truth is not None and not args.truth.is_dir():
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if rows:
         summary = summarize(rows, predictor.class_names)
         summary.update(run=str(args.model), checkpoint=str(predictor.checkpoint), iteration=predictor.iteration,
+                       largest_component=predictor.largest_component,
                        failed=[str(path) for path in failed])
         write_csv(rows, args.out / "cases.csv")
         write_json(summary, args.out / "summary.json")

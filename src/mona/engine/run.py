@@ -13,6 +13,7 @@ from mona.engine.trainer import Stage, Trainer, resolve_amp, resolve_device
 from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
 from mona.evaluation.metrics import score_case
+from mona.evaluation.postprocess import keep_largest_component
 from mona.evaluation.report import summarize, write_csv, write_json
 from mona.methods import build_method
 from mona.models.unet import UNet
@@ -57,8 +58,9 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", device: str = "auto",
-                 amp: bool | None = None) -> dict:
-    """Score a run's checkpoint on a split; writes `eval_<split>_<checkpoint>/{cases.csv,summary.json}`."""
+                 amp: bool | None = None, largest_component: bool = False) -> dict:
+    """Score a run's checkpoint on a split; writes `eval_<split>_<checkpoint>/{cases.csv,summary.json}`
+    (`..._largest/` when each class keeps only its largest connected component)."""
     run_dir = Path(run_dir)
     model, state = load_run_model(run_dir, checkpoint)
     config = config_from_dict(state["config"])
@@ -69,10 +71,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     for volume in load_volumes(info, split):
         probs = predict_volume(model, volume.image, state["image_size"], target,
                                amp=resolve_amp(config, target) if amp is None else amp)
-        rows += score_case(probs.argmax(0).numpy(), volume.label, state["num_classes"], volume.spacing, volume.name)
+        labels = probs.argmax(0).numpy()
+        if largest_component:
+            labels = keep_largest_component(labels, state["num_classes"])
+        rows += score_case(labels, volume.label, state["num_classes"], volume.spacing, volume.name)
     summary = summarize(rows, state.get("class_names") or info.class_names)
-    summary.update(split=split, checkpoint=checkpoint, iteration=state["iteration"], run=str(run_dir))
-    out = run_dir / f"eval_{split}_{checkpoint}"
+    summary.update(split=split, checkpoint=checkpoint, iteration=state["iteration"], run=str(run_dir),
+                   largest_component=largest_component)
+    out = run_dir / f"eval_{split}_{checkpoint}{'_largest' if largest_component else ''}"
     write_csv(rows, out / "cases.csv")
     write_json(summary, out / "summary.json")
     return summary

@@ -35,6 +35,7 @@ from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
 from mona.evaluation.metrics import score_case
 from mona.evaluation.overlay import write_overlay
+from mona.evaluation.postprocess import keep_largest_component
 from mona.evaluation.report import _volumes_by_name
 
 FORMATS = ("same", "nii", "h5")
@@ -177,15 +178,22 @@ class Predictor:
     amp: bool = False
     batch_size: int = 32
     tta: bool = False
+    largest_component: bool = False
 
     def probabilities(self, image: np.ndarray) -> torch.Tensor:
         """(C, D, H, W) class probabilities of a (D, H, W) volume in the network's order."""
         return predict_volume(self.model, image, self.image_size, self.device, amp=self.amp,
                               batch_size=self.batch_size, tta=self.tta)
 
+    def labels(self, probs: torch.Tensor) -> np.ndarray:
+        """The uint8 label volume of (C, D, H, W) probabilities: argmax, then the largest connected
+        component of each class when asked (see mona.evaluation.postprocess)."""
+        labels = probs.argmax(0).numpy().astype(np.uint8)
+        return keep_largest_component(labels, self.num_classes) if self.largest_component else labels
+
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", amp: bool = False,
-                   batch_size: int = 32, tta: bool = False) -> Predictor:
+                   batch_size: int = 32, tta: bool = False, largest_component: bool = False) -> Predictor:
     """A run's `best` (on val), `last` or given checkpoint file, on `device`; `amp` is taken as is."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -204,7 +212,8 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = 
         names = ["background"] + [f"class {c}" for c in range(1, state["num_classes"])]
     target = resolve_device(device)
     return Predictor(model.to(target).eval(), path, int(state.get("iteration", 0)), state["num_classes"], names,
-                     state["image_size"], run_preprocessing(state, path), target, amp, batch_size, tta)
+                     state["image_size"], run_preprocessing(state, path), target, amp, batch_size, tta,
+                     largest_component)
 
 
 @dataclass
@@ -251,7 +260,7 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *,
         image = predictor.preprocessing.normalise(image)
     truth_volume = None if truth is None else _read_truth(Path(truth), volume, predictor.num_classes)
     probs = predictor.probabilities(image)
-    labels = probs.argmax(0).numpy().astype(np.uint8)
+    labels = predictor.labels(probs)
     result = CaseResult(name, path, output)
     maps = layout.to_raw(probs.numpy().transpose(1, 2, 3, 0)) if probabilities else None  # (x, y, z, C)
     if maps is not None and output.suffix == ".h5":

@@ -1,0 +1,57 @@
+"""Largest connected component per class, against a breadth-first flood fill written here."""
+
+from collections import deque
+from itertools import product
+
+import numpy as np
+import pytest
+
+from mona.evaluation.postprocess import keep_largest_component
+
+
+def slow_largest_component(labels, num_classes):
+    """Flood fill over the 26 (3D) neighbours, voxel by voxel; the first-found largest component wins."""
+    result = labels.copy()
+    steps = [s for s in product((-1, 0, 1), repeat=labels.ndim) if any(s)]
+    for cls in range(1, num_classes):
+        seen, components = np.zeros(labels.shape, bool), []
+        for start in zip(*np.nonzero(labels == cls)):
+            if seen[start]:
+                continue
+            seen[start], queue, members = True, deque([start]), []
+            while queue:
+                voxel = queue.popleft()
+                members.append(voxel)
+                for step in steps:
+                    near = tuple(v + s for v, s in zip(voxel, step))
+                    inside = all(0 <= n < size for n, size in zip(near, labels.shape))
+                    if inside and not seen[near] and labels[near] == cls:
+                        seen[near] = True
+                        queue.append(near)
+            components.append(members)
+        sizes = [len(c) for c in components]
+        for index, members in enumerate(components):
+            if index != int(np.argmax(sizes)):
+                for voxel in members:
+                    result[voxel] = 0
+    return result
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_matches_flood_fill_on_random_volumes(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(4, size=(4, 9, 9), p=[0.55, 0.15, 0.15, 0.15]).astype(np.uint8)
+    expected = slow_largest_component(labels, 4)
+    assert (expected != labels).any()  # the random volume has islands to remove
+    np.testing.assert_array_equal(keep_largest_component(labels, 4), expected)
+
+
+def test_far_island_removed_corner_neighbour_kept():
+    labels = np.zeros((3, 10, 10), np.uint8)
+    labels[1, 2:5, 2:5] = 1
+    labels[2, 5, 5] = 1  # touches the block by a corner only: the same component
+    labels[0, 9, 9] = 1  # far off
+    labels[0, 0:2, 8] = 2  # class 2 has a single component: unchanged
+    result = keep_largest_component(labels, 3)
+    assert result[2, 5, 5] == 1 and result[0, 9, 9] == 0
+    assert (result == 2).sum() == 2 and (result == 1).sum() == 10
