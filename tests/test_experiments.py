@@ -14,7 +14,8 @@ from mona.cli.main import main
 from mona.data.phantom import write_phantom
 from mona.engine.checkpoint import load_checkpoint
 from mona.experiments import grid
-from mona.experiments.grid import plan, run_grid
+from mona.errors import MonaError
+from mona.experiments.grid import plan, record_grid, run_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -111,7 +112,7 @@ def test_report_numbers_are_the_runs(grid_run):
 def test_reproduce_cli_skips_finished_runs(grid_run, monkeypatch):
     out, _ = grid_run
     monkeypatch.setattr(grid, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
-    args = ["reproduce", "--data", "unused", "--methods", "supervised,mean_teacher", "--labeled", "1",
+    args = ["reproduce", "--data", str(out.parent / "data"), "--methods", "supervised,mean_teacher", "--labeled", "1",
             "--seeds", "0,1", "--protocol", "demo", "--out", str(out), *OVERRIDES]
     assert main(args) == 0
     assert (out / "report.md").is_file()
@@ -151,3 +152,28 @@ def test_report_rebuilds_without_checkpoints(grid_run, tmp_path):
     assert tables[0] == tables[1] and len(tables[0]) > 10
     assert "(montage_supervised.png)\n(kept from an earlier build" in rebuilt
     assert "(no mean_teacher montage" in rebuilt and not (published / "montage_mean_teacher.png").exists()
+
+
+def test_grid_record_keeps_earlier_runs_and_refuses_another_protocol(tmp_path):
+    path = tmp_path / "grid.json"
+    record_grid(path, tmp_path / "data", "demo", ["train.iterations=4"], SPECS[:2])
+    record_grid(path, tmp_path / "data", "demo", ["train.iterations=4"], SPECS[1:])
+    grid_record = json.loads(path.read_text())
+    assert [run["name"] for run in grid_record["runs"]] == [spec.name for spec in SPECS]
+    with pytest.raises(MonaError, match="protocol 'demo', not 'cpu-small'"):
+        record_grid(path, tmp_path / "data", "cpu-small", ["train.iterations=4"], SPECS)
+    with pytest.raises(MonaError, match="overrides"):
+        record_grid(path, tmp_path / "data", "demo", [], SPECS)
+    assert json.loads(path.read_text()) == grid_record  # a refused call changes nothing
+    path.write_text("{not json")
+    with pytest.raises(MonaError, match="unreadable grid record"):
+        record_grid(path, tmp_path / "data", "demo", [], SPECS)
+
+
+def test_reproduce_into_a_grid_of_another_protocol_is_a_user_error(grid_run, monkeypatch, capsys):
+    out, _ = grid_run
+    monkeypatch.setattr(grid, "train", lambda *a, **k: pytest.fail("trained despite the protocol mismatch"))
+    args = ["reproduce", "--data", str(out.parent / "data"), "--methods", "supervised", "--labeled", "1", "--seeds", "0",
+            "--protocol", "cpu-small", "--out", str(out), *OVERRIDES]
+    assert main(args) == 2
+    assert "choose another --out" in capsys.readouterr().err

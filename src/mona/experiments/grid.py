@@ -19,8 +19,10 @@ from typing import Sequence
 import torch
 
 from mona.config import load_config
+from mona.data.io import atomic_path
 from mona.engine.run import evaluate_run, resume_config, train
 from mona.engine.trainer import resolve_device
+from mona.errors import MonaError
 
 ABLATIONS = ("pretrain", "tailness", "consistency", "diversity", "strong_aug")
 METHODS = ("supervised", "mean_teacher", "mona")
@@ -79,19 +81,44 @@ def hardware(device: str = "auto") -> str:
     return f"{platform.platform()}, torch {torch.__version__}, {target.type}: {chip}, {torch.get_num_threads()} threads"
 
 
+def record_grid(path: Path, data: str | Path, protocol: str, overrides: Sequence[str], specs: Sequence[RunSpec]) -> None:
+    """Write OUT/grid.json: data, protocol, overrides and every run planned into OUT so far.
+
+    A later call into the same OUT adds its runs to the list; one with another data folder,
+    protocol or overrides is refused, since its finished runs would be skipped as if they
+    matched and the report would state one protocol for both.
+    """
+    grid = {"data": str(data), "protocol": protocol, "overrides": list(overrides), "runs": []}
+    if path.is_file():
+        try:
+            earlier = json.loads(path.read_text())
+            same = {"data": Path(earlier["data"]).resolve() == Path(data).resolve(),
+                    "protocol": earlier["protocol"] == protocol, "overrides": earlier["overrides"] == list(overrides)}
+            runs = earlier["runs"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise MonaError(f"unreadable grid record ({error}); move it away to start a new grid here", path) from None
+        for key, matches in same.items():
+            if not matches:
+                raise MonaError(f"this folder holds a grid with {key} {earlier[key]!r}, not {grid[key]!r}: "
+                                "choose another --out", path)
+        grid.update(data=earlier["data"], runs=runs)
+    known = {run["name"] for run in grid["runs"]}
+    grid["runs"] += [asdict(spec) for spec in specs if spec.name not in known]
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(grid, indent=2) + "\n")
+
+
 def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str | Path,
              extra_overrides: Sequence[str] = ()) -> list[Path]:
     """Train and test-score every spec into OUT/runs/<name>, skipping finished runs; returns the run folders.
 
     Config = `protocol` preset, then the spec (method, data, budget, seed), then `extra_overrides`,
     then the spec's ablation switch and the run folder (these two cannot be overridden).
-    OUT/grid.json records the protocol and the plan for the report.
+    OUT/grid.json records the protocol and the runs for the report (see `record_grid`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.json").write_text(json.dumps({
-        "data": str(data), "protocol": protocol, "overrides": list(extra_overrides),
-        "runs": [asdict(spec) for spec in specs]}, indent=2) + "\n")
+    record_grid(out / "grid.json", data, protocol, extra_overrides, specs)
     folders = []
     for spec in specs:
         run_dir = out / "runs" / spec.name
