@@ -13,7 +13,7 @@ from mona.engine.trainer import Stage, Trainer, resolve_amp, resolve_device
 from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
 from mona.evaluation.metrics import score_case
-from mona.evaluation.postprocess import keep_largest_component
+from mona.evaluation.postprocess import labels_from_probabilities
 from mona.evaluation.report import summarize, write_csv, write_json
 from mona.methods import build_method
 from mona.models.unet import UNet
@@ -44,12 +44,21 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:
     return config
 
 
+def run_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """The file of a run's `best` or `last` checkpoint (RUN/<name>.pt, or RUN/finetune/<name>.pt for
+    a MONA run), or `checkpoint` itself when it names a file."""
+    run_dir = Path(run_dir)
+    if checkpoint not in ("best", "last"):
+        return Path(checkpoint)
+    path = run_dir / f"{checkpoint}.pt"
+    if not path.is_file() and (run_dir / "finetune").is_dir():
+        return run_dir / "finetune" / f"{checkpoint}.pt"
+    return path
+
+
 def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch.nn.Module, dict]:
     """The student network of a run's checkpoint (`best`, `last` or a file path), and the checkpoint."""
-    run_dir = Path(run_dir)
-    path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / f"{checkpoint}.pt"
-    if checkpoint in ("best", "last") and not path.is_file() and (run_dir / "finetune").is_dir():
-        path = run_dir / "finetune" / f"{checkpoint}.pt"
+    path = run_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     model = UNet(1, state["num_classes"])
     weights = {key[len("model."):]: value for key, value in state["method"].items() if key.startswith("model.")}
@@ -71,9 +80,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     for volume in load_volumes(info, split):
         probs = predict_volume(model, volume.image, state["image_size"], target,
                                amp=resolve_amp(config, target) if amp is None else amp)
-        labels = probs.argmax(0).numpy()
-        if largest_component:
-            labels = keep_largest_component(labels, state["num_classes"])
+        labels = labels_from_probabilities(probs, state["num_classes"], largest_component)
         rows += score_case(labels, volume.label, state["num_classes"], volume.spacing, volume.name)
     summary = summarize(rows, state.get("class_names") or info.class_names)
     summary.update(split=split, checkpoint=checkpoint, iteration=state["iteration"], run=str(run_dir),

@@ -11,7 +11,15 @@ a dependency mona has no other use for.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.ndimage import generate_binary_structure, label
+
+
+def labels_from_probabilities(probs: torch.Tensor, num_classes: int, largest_component: bool = False) -> np.ndarray:
+    """The uint8 label volume of (C, D, H, W) probabilities: argmax, then, when asked, each
+    class's largest connected component (`keep_largest_component`)."""
+    labels = probs.argmax(0).numpy().astype(np.uint8)
+    return keep_largest_component(labels, num_classes) if largest_component else labels
 
 
 def keep_largest_component(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -29,13 +29,13 @@ import torch
 
 from mona.data.io import Volume, atomic_path, check_labels, read_volume, split_name, write_label_volume
 from mona.data.prepare.common import h5_axes, minmax, percentile_window, window
-from mona.engine.run import load_run_model
+from mona.engine.run import load_run_model, run_checkpoint
 from mona.engine.trainer import fast_bf16, resolve_device
 from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
 from mona.evaluation.metrics import score_case
 from mona.evaluation.overlay import write_overlay
-from mona.evaluation.postprocess import keep_largest_component
+from mona.evaluation.postprocess import labels_from_probabilities
 from mona.evaluation.report import _volumes_by_name
 
 FORMATS = ("same", "nii", "h5")
@@ -185,12 +185,6 @@ class Predictor:
         return predict_volume(self.model, image, self.image_size, self.device, amp=self.amp,
                               batch_size=self.batch_size, tta=self.tta)
 
-    def labels(self, probs: torch.Tensor) -> np.ndarray:
-        """The uint8 label volume of (C, D, H, W) probabilities: argmax, then the largest connected
-        component of each class when asked (see mona.evaluation.postprocess)."""
-        labels = probs.argmax(0).numpy().astype(np.uint8)
-        return keep_largest_component(labels, self.num_classes) if self.largest_component else labels
-
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", amp: bool = False,
                    batch_size: int = 32, tta: bool = False, largest_component: bool = False) -> Predictor:
@@ -201,9 +195,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = 
     if batch_size < 1:
         raise MonaError(f"batch size must be at least 1, got {batch_size}")
     model, state = load_run_model(run_dir, checkpoint)
-    path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / f"{checkpoint}.pt"
-    if not path.is_file():  # load_run_model fell back to a MONA run's finetune stage
-        path = run_dir / "finetune" / path.name
+    path = run_checkpoint(run_dir, checkpoint)
     missing = [key for key in ("image_size", "config") if key not in state]
     if missing:
         raise MonaError(f"checkpoint lacks {', '.join(missing)}", path)
@@ -260,7 +252,7 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *,
         image = predictor.preprocessing.normalise(image)
     truth_volume = None if truth is None else _read_truth(Path(truth), volume, predictor.num_classes)
     probs = predictor.probabilities(image)
-    labels = predictor.labels(probs)
+    labels = labels_from_probabilities(probs, predictor.num_classes, predictor.largest_component)
     result = CaseResult(name, path, output)
     maps = layout.to_raw(probs.numpy().transpose(1, 2, 3, 0)) if probabilities else None  # (x, y, z, C)
     if maps is not None and output.suffix == ".h5":

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from mona.data.io import atomic_path
 from mona.data.ssl4mis import ACDC_CLASSES, dataset_info, load_volumes
 from mona.engine.checkpoint import load_checkpoint
-from mona.engine.run import load_run_model
+from mona.engine.run import load_run_model, run_checkpoint
 from mona.engine.trainer import resolve_device
 from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
@@ -261,10 +261,6 @@ def plot_dice_vs_budget(runs: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
-def has_best_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / sub / "best.pt").is_file() for sub in ("", "finetune"))
-
-
 def plot_montage(variant: str, runs: list[dict], path: Path) -> None:
     """The middle slice of the first 3 test volumes, one row per budget (first seed, best checkpoint):
     predicted contours solid, true contours dashed."""
@@ -317,7 +313,7 @@ def build_report(out: str | Path) -> Path:
         by_variant[run["variant"]].setdefault(run["labeled"], run)  # runs are sorted by seed: the first seed
     for variant, by_budget in by_variant.items():
         png = out / f"montage_{variant}.png"
-        if data_here and all(has_best_checkpoint(run["dir"]) for run in by_budget.values()):
+        if data_here and all(run_checkpoint(run["dir"], "best").is_file() for run in by_budget.values()):
             plot_montage(variant, list(by_budget.values()), png)
             lines += [f"![{variant} test slices]({png.name})", ""]
         elif png.is_file():
