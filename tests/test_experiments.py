@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 import mona.engine.trainer as trainer_module
 from mona.cli.main import main
@@ -74,6 +75,8 @@ def test_every_run_trained_once_and_interrupted_run_resumed(grid_run):
         run = out / "runs" / spec.name
         assert (run / "eval_test_best" / "summary.json").is_file()
         assert load_checkpoint(run / "last.pt")["iteration"] == 4
+        precision = "bf16" if trainer_module.fast_bf16(torch.device("cpu")) else "fp32"  # demo asks for bf16
+        assert (run / "hardware.txt").read_text().strip().endswith(f", {precision}")
 
 
 def parse_cell(text):

@@ -21,7 +21,7 @@ import torch
 from mona.config import load_config
 from mona.data.io import atomic_path
 from mona.engine.run import evaluate_run, resume_config, train
-from mona.engine.trainer import resolve_device
+from mona.engine.trainer import resolve_amp, resolve_device
 from mona.errors import MonaError
 
 ABLATIONS = ("pretrain", "tailness", "consistency", "diversity", "strong_aug")
@@ -133,7 +133,8 @@ def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str
                 f"method={spec.method}", f"data.root={data}", f"data.labeled={spec.labeled}",
                 f"train.seed={spec.seed}", *extra_overrides, *spec.overrides, f"out={run_dir}"])
             train(config)
-        (run_dir / "hardware.txt").write_text(hardware(config.train.device) + "\n")
+        precision = config.train.amp_dtype if resolve_amp(config, resolve_device(config.train.device)) else "fp32"
+        (run_dir / "hardware.txt").write_text(f"{hardware(config.train.device)}, {precision}\n")
         evaluate_run(run_dir, "test", "last")
         evaluate_run(run_dir, "test", "best")  # last: its summary.json marks the run finished
     return folders
