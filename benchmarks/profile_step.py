@@ -1,6 +1,9 @@
 """Where a training step's time goes: torch.profiler over a few steps, top operators and kernels.
 
-  python benchmarks/profile_step.py --device cuda --size 256 --method mona_finetune
+  python -m benchmarks.profile_step --device cuda --size 256 --method mona_finetune
+  python -m benchmarks.profile_step --device cpu --size 128 --batch 4 --representation-stride 4
+
+Autocast (bf16) is on where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs), as in training.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.train_speed import PAPER_BATCHES, bench
-from mona.engine.trainer import resolve_device
+from mona.engine.trainer import fast_bf16, resolve_device
 
 
 def main() -> None:
@@ -20,13 +23,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--method", default="mona_finetune", choices=sorted(PAPER_BATCHES))
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=None, help="labeled = unlabeled batch (default: the paper's)")
+    parser.add_argument("--representation-stride", type=int, default=1, help="MONA stage 2 pixel-embedding stride")
     args = parser.parse_args()
     device = resolve_device(args.device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    batch, amp = PAPER_BATCHES[args.method], device.type == "cuda"
-    bench(args.method, args.size, batch, device, amp=amp, steps=1, warmup=2)  # lazy CUDA module loading, allocator
+    batch = (args.batch, args.batch) if args.batch else PAPER_BATCHES[args.method]
+    amp, stride = fast_bf16(device), args.representation_stride
+    bench(args.method, args.size, batch, device, amp=amp, steps=1, warmup=2,
+          representation_stride=stride)  # lazy CUDA module loading, allocator
     with profile(activities=activities) as prof:
-        row = bench(args.method, args.size, batch, device, amp=amp, steps=args.steps, warmup=0)
+        row = bench(args.method, args.size, batch, device, amp=amp, steps=args.steps, warmup=0, representation_stride=stride)
     print(f"{args.method} {args.size}x{args.size} batch {row['batch']}: {row['sec_per_iter'] * 1000:.1f} ms/iter "
           f"under the profiler, {args.steps} steps profiled after warm-up")
     events = prof.key_averages()

@@ -45,7 +45,8 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v.double() / v.double().norm()
 
 
-def reference_loss(student, teacher, labels, probs, labeled, progress, bank_rows, generator, bank_device="cpu"):
+def reference_loss(student, teacher, labels, probs, labeled, progress, bank_rows, generator, bank_device="cpu",
+                   num_queries=Q, num_negatives=N):
     """Loop reference of the loss; `bank_rows` is a list per class of stored unit vectors
     (no wrap-around), extended in place like the FIFO bank. Negatives are drawn where a bank
     on `bank_device` draws them (`device_generator`)."""
@@ -59,18 +60,19 @@ def reference_loss(student, teacher, labels, probs, labeled, progress, bank_rows
         if not candidates or not bank_rows[cls]:
             continue
         prototype = _unit(sum(_unit(teacher[i, :, y, x]) for i, y, x in candidates))
-        draws = torch.randint(len(candidates), (Q,), generator=generator)
-        negative_draws = torch.randint(len(bank_rows[cls]), (Q * N,), generator=device_generator(generator, bank_device),
-                                       device=bank_device).cpu()
+        draws = torch.randint(len(candidates), (num_queries,), generator=generator)
+        negative_draws = torch.randint(len(bank_rows[cls]), (num_queries * num_negatives,),
+                                       generator=device_generator(generator, bank_device), device=bank_device).cpu()
         total = 0.0
-        for q in range(Q):
+        for q in range(num_queries):
             i, y, x = candidates[int(draws[q])]
             query = _unit(student[i, :, y, x])
             logits = [float(query @ prototype) / TEMP]
-            logits += [float(query @ bank_rows[cls][int(negative_draws[q * N + j])].double()) / TEMP for j in range(N)]
+            logits += [float(query @ bank_rows[cls][int(negative_draws[q * num_negatives + j])].double()) / TEMP
+                       for j in range(num_negatives)]
             top = max(logits)
             total += -logits[0] + top + math.log(sum(math.exp(v - top) for v in logits))
-        losses.append(total / Q)
+        losses.append(total / num_queries)
     return sum(losses) / len(losses)
 
 
@@ -134,11 +136,13 @@ def test_alpha_schedule_releases_anchors_over_the_run():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("num_classes", [3, 4])
-def test_loss_matches_loop_reference(device, num_classes):
+@pytest.mark.parametrize("queries, negatives", [(Q, N), (70, 3)])  # 70: gathered in pieces of 32, 32, 6 on the CPU
+def test_loss_matches_loop_reference(device, num_classes, queries, negatives):
     student, teacher, labels, probs, labeled = _batch(10 + num_classes, num_classes)
     bank, rows = _prefilled(num_classes, 6, seed=1)
-    expected = reference_loss(student, teacher, labels, probs, labeled, 0.3, rows, torch.Generator().manual_seed(7), device)
-    loss_fn = AnatomicalContrastLoss(num_queries=Q, num_negatives=N, temperature=TEMP)
+    expected = reference_loss(student, teacher, labels, probs, labeled, 0.3, rows, torch.Generator().manual_seed(7), device,
+                              queries, negatives)
+    loss_fn = AnatomicalContrastLoss(num_queries=queries, num_negatives=negatives, temperature=TEMP)
     bank = bank.to(device)
     loss = loss_fn(
         *(x.to(device) for x in (student, teacher, labels, probs, labeled)), 0.3, bank, torch.Generator().manual_seed(7)

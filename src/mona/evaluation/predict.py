@@ -36,7 +36,7 @@ from mona.evaluation.inference import predict_volume
 from mona.evaluation.metrics import score_case
 from mona.evaluation.overlay import write_overlay
 from mona.evaluation.postprocess import labels_from_probabilities
-from mona.evaluation.report import _volumes_by_name
+from mona.evaluation.report import volumes_by_name
 
 FORMATS = ("same", "nii", "h5")
 _NUMBER = r"(-?[0-9.]+(?:e[-+]?\d+)?)"
@@ -309,7 +309,7 @@ def find_inputs(path: str | Path) -> list[Path]:
         return [path]
     if not path.exists():
         raise MonaError("input not found", path)
-    found = list(_volumes_by_name(path).values())
+    found = list(volumes_by_name(path).values())
     if not found:
         raise MonaError("no volumes (.nii.gz, .nii, .h5) in this folder", path)
     return found
@@ -319,7 +319,7 @@ def predict_cases(predictor: Predictor, inputs: list[Path], out_dir: str | Path,
                   truth_dir: str | Path | None = None, **options) -> Iterator[tuple[Path, CaseResult | MonaError]]:
     """`predict_file` each input in turn (`options` are its keywords), yielding (input, result or the
     MonaError that stopped it): a bad case does not stop the others. Truths are matched by name."""
-    truths = None if truth_dir is None else _volumes_by_name(Path(truth_dir))
+    truths = None if truth_dir is None else volumes_by_name(Path(truth_dir))
     for path in inputs:
         try:
             truth = None

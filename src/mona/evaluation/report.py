@@ -93,7 +93,7 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _volumes_by_name(folder: Path) -> dict[str, Path]:
+def volumes_by_name(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise MonaError("folder not found", folder)
     found: dict[str, Path] = {}
@@ -122,8 +122,8 @@ def compare_folders(
     """
     if spacing_from not in ("truth", "pred", "none"):
         raise ValueError(f"spacing_from must be 'truth', 'pred' or 'none', not {spacing_from!r}")
-    truths = _volumes_by_name(Path(truth_dir))
-    preds = _volumes_by_name(Path(pred_dir))
+    truths = volumes_by_name(Path(truth_dir))
+    preds = volumes_by_name(Path(pred_dir))
     if not truths:
         raise MonaError(f"no volumes ({', '.join(EXTENSIONS)}) found", truth_dir)
     rows: list[dict] = []

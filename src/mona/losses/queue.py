@@ -122,15 +122,19 @@ class ClassMemoryBank(nn.Module):
         """How many embeddings the bank of class `class_index` holds."""
         return len(self.queues[class_index])
 
-    def sample(self, class_index: int, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw `n` stored embeddings of class `class_index` uniformly with replacement: (n, D).
+    def sample_indices(self, class_index: int, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """`n` uniform draws, with replacement, of row indices into `queues[class_index].items()`: (n,).
 
-        Indices are drawn with `torch.randint(filled, (n,))` on the bank's device, from
-        `generator` or a generator it seeds there (`mona.randomness.device_generator`).
+        Drawn with `torch.randint(filled, (n,))` on the bank's device, from `generator` or a
+        generator it seeds there (`mona.randomness.device_generator`).
         """
-        stored = self.queues[class_index].items()
-        if stored.shape[0] == 0:
+        queue = self.queues[class_index]
+        if len(queue) == 0:
             raise ValueError(f"the memory bank of class {class_index} is empty")
         if generator is not None:
-            generator = device_generator(generator, stored.device)
-        return stored[torch.randint(stored.shape[0], (n,), generator=generator, device=stored.device)]
+            generator = device_generator(generator, queue.bank.device)
+        return torch.randint(len(queue), (n,), generator=generator, device=queue.bank.device)
+
+    def sample(self, class_index: int, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw `n` stored embeddings of class `class_index` uniformly with replacement: (n, D)."""
+        return self.queues[class_index].items().index_select(0, self.sample_indices(class_index, n, generator))
