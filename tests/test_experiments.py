@@ -9,12 +9,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from scipy.stats import wilcoxon
 
 import mona.engine.trainer as trainer_module
 from mona.cli.main import main
 from mona.data.phantom import write_phantom
 from mona.engine.checkpoint import load_checkpoint
 from mona.experiments import grid
+from mona.experiments import report as report_module
 from mona.errors import MonaError
 from mona.experiments.grid import plan, record_grid, run_grid
 
@@ -110,6 +112,43 @@ def test_report_numbers_are_the_runs(grid_run):
             assert cells[5].strip() == "-"  # the phantom is not ACDC: no paper numbers
             assert parse_cell(cells[7])[0] == pytest.approx(np.mean(hd95), abs=0.0051)
     assert "| supervised | all | best on val | 2 |" in report
+
+
+def test_paired_table_is_the_volumes_of_both_methods(grid_run):
+    out, _ = grid_run
+    assert main(["report", str(out)]) == 0
+    per_volume = {}
+    for spec in SPECS:
+        rows = list(csv.DictReader(open(out / "runs" / spec.name / "eval_test_best" / "cases.csv")))
+        per_volume[spec.name] = {case: np.mean([float(r["dice"]) for r in rows if r["case"] == case])
+                                 for case in {r["case"] for r in rows}}
+    cases = sorted(per_volume["supervised_l1_s0"])
+    gains = [np.mean([per_volume[f"mean_teacher_l1_s{s}"][c] - per_volume[f"supervised_l1_s{s}"][c] for s in (0, 1)])
+             for c in cases]
+    line = next(l for l in (out / "report.md").read_text().splitlines() if l.startswith("| 1 | mean_teacher | supervised |"))
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[3:7] == ["0,1", str(len(cases)), f"{100 * np.mean(gains):+.1f}", f"{sum(g > 0 for g in gains)}/{len(cases)}"]
+
+
+def test_paired_comparison_averages_seeds_per_volume(tmp_path):
+    """Known per-class Dice: gains per volume are the seed mean of the class-mean differences."""
+    rng = np.random.default_rng(0)
+    dice = {(v, s): rng.uniform(0.3, 0.9, size=(6, 3)) for v in ("supervised", "mona") for s in (0, 1)}
+    dice[("mona", 2)] = rng.uniform(size=(6, 3))  # a seed the baseline lacks: left out
+    runs = []
+    for (variant, seed), values in dice.items():
+        run_dir = tmp_path / f"{variant}_{seed}" / "eval_test_best"
+        run_dir.mkdir(parents=True)
+        rows = [f"case{c},{k + 1},{values[c, k]}" for c in range(6) for k in range(3)]
+        (run_dir / "cases.csv").write_text("case,class,dice\n" + "\n".join(rows) + "\n")
+        runs.append({"variant": variant, "labeled": "3", "seed": seed, "dir": run_dir.parent})
+    gains = np.mean([dice[("mona", s)].mean(axis=1) - dice[("supervised", s)].mean(axis=1) for s in (0, 1)], axis=0)
+    result = report_module.paired_comparison(runs, "mona", "supervised", "3")
+    assert result["seeds"] == [0, 1] and result["volumes"] == 6
+    assert result["gain"] == pytest.approx(gains.mean())
+    assert result["ahead"] == int((gains > 0).sum())
+    assert result["p_value"] == pytest.approx(wilcoxon(gains).pvalue)
+    assert report_module.paired_comparison(runs, "mona", "supervised", "7") is None
 
 
 def test_reproduce_cli_skips_finished_runs(grid_run, monkeypatch):

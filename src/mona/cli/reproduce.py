@@ -8,7 +8,8 @@ Runs go to OUT/runs/<method>_l<labeled>_s<seed>; the fully supervised upper boun
 (supervised_lall_s<seed>) is always added, and --ablate N adds MONA at N labeled patients
 with each component off in turn (mona.pretrain, tailness, consistency, diversity, strong_aug).
 Running the same command again skips finished runs and resumes an interrupted one from its
-last checkpoint. The report is OUT/report.md (tables, paper numbers for ACDC, figures) and
+last checkpoint. The report is OUT/report.md (tables, paper numbers for ACDC, a paired
+per-volume comparison of the methods with a Wilcoxon test, figures) and
 OUT/results.csv; `mona report OUT` rebuilds them.
 
 Protocols (presets):

@@ -3,6 +3,8 @@
 Only finished runs (RUN/eval_test_best/summary.json) are read, so the report can be rebuilt
 at any time, also while a grid is still running. Aggregates are the mean and sample std
 (n-1) over seeds of each run's test summary (itself the mean over cases, then classes).
+Seed means hide how often a method wins: the paired table compares two methods volume by
+volume on the test split (Dice averaged over classes and over the seeds both have run).
 The paper's ACDC Dice (MONA_SPEC sections 7-8) is shown beside ours when the dataset is
 ACDC and the budget is one the paper reports; elsewhere "-".
 No checkpoint is needed: training times come from the runs' metrics.jsonl, and montages are
@@ -22,6 +24,7 @@ import numpy as np
 import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from scipy.stats import wilcoxon
 
 from mona.data.io import atomic_path
 from mona.data.ssl4mis import ACDC_CLASSES, dataset_info, load_volumes
@@ -190,6 +193,59 @@ def tables(runs: list[dict], acdc: bool) -> list[str]:
     return lines + [""] + per_class
 
 
+def volume_dice(run: dict) -> dict[str, float]:
+    """Test Dice of the `best` checkpoint per volume, averaged over classes (RUN/eval_test_best/cases.csv)."""
+    per_class: dict[str, list[float]] = defaultdict(list)
+    with open(run["dir"] / "eval_test_best" / "cases.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            per_class[row["case"]].append(float(row["dice"]))
+    return {case: float(np.mean(values)) for case, values in per_class.items()}
+
+
+def paired_comparison(runs: list[dict], variant: str, reference: str, labeled: str) -> dict | None:
+    """`variant` against `reference` at one budget, volume by volume (best checkpoints).
+
+    Each volume's Dice is averaged over classes and over the seeds both variants have run; the
+    differences of the test volumes give the mean gain, the number of volumes where `variant`
+    is ahead, and a two-sided Wilcoxon signed-rank p-value (None with fewer than two non-zero
+    differences). None when the two share no seed.
+    """
+    def by_seed(name: str) -> dict[int, dict[str, float]]:
+        return {r["seed"]: volume_dice(r) for r in runs if r["variant"] == name and r["labeled"] == labeled}
+
+    ours, theirs = by_seed(variant), by_seed(reference)
+    seeds = sorted(ours.keys() & theirs.keys())
+    if not seeds:
+        return None
+    cases = sorted(set.intersection(*(set(ours[s]) & set(theirs[s]) for s in seeds)))
+    gains = np.array([np.mean([ours[s][c] - theirs[s][c] for s in seeds]) for c in cases])
+    p_value = float(wilcoxon(gains).pvalue) if np.count_nonzero(gains) >= 2 else None
+    return {"seeds": seeds, "volumes": len(cases), "gain": float(gains.mean()), "ahead": int((gains > 0).sum()),
+            "p_value": p_value}
+
+
+def paired_lines(runs: list[dict]) -> list[str]:
+    """Each variant against each of `METHODS` before it in table order, at every budget both ran."""
+    lines = ["## Paired comparison per test volume (best on val)", "",
+             "Dice averaged over classes and over the seeds both methods ran, per test volume; "
+             "two-sided Wilcoxon signed-rank test over the volumes.", "",
+             "| labeled | method | against | seeds | volumes | mean gain (Dice points) | ahead on | Wilcoxon p |",
+             "| --- " * 8 + "|"]
+    keys = list(groups(runs))
+    for variant, labeled in keys:
+        for reference in METHODS:
+            if (reference, labeled) not in keys or variant_key(reference) >= variant_key(variant):
+                continue
+            result = paired_comparison(runs, variant, reference, labeled)
+            if result is None:
+                continue
+            p_value = "-" if result["p_value"] is None else f"{result['p_value']:.2g}"
+            lines.append(f"| {labeled} | {variant} | {reference} | {','.join(map(str, result['seeds']))} | "
+                         f"{result['volumes']} | {100 * result['gain']:+.1f} | {result['ahead']}/{result['volumes']} | "
+                         f"{p_value} |")
+    return lines if len(lines) > 5 else []
+
+
 def protocol_lines(out: Path, runs: list[dict]) -> list[str]:
     """The preset named at `mona reproduce` (OUT/grid.json) and the settings the runs used."""
     grid = out / "grid.json"
@@ -305,7 +361,7 @@ def build_report(out: str | Path) -> Path:
              *(f"- Hardware: {h}" for h in hardware_lines),
              f"- Total training wall time: {total / 3600:.2f} h ({total:.0f} s, sum of the runs' train_seconds)",
              f"- Paper Dice: MONA_SPEC sections 7-8 (ACDC){'' if acdc else '; not ACDC, so not shown'}",
-             "", *tables(runs, acdc), "", "## Figures", "", "![Dice against label budget](dice_vs_budget.png)", ""]
+             "", *tables(runs, acdc), "", *paired_lines(runs), "", "## Figures", "", "![Dice against label budget](dice_vs_budget.png)", ""]
     plot_dice_vs_budget(runs, out / "dice_vs_budget.png")
     data_here = Path(first["config"]["data"]["root"]).is_dir()
     by_variant: dict[str, dict[str, dict]] = defaultdict(dict)
