@@ -45,7 +45,9 @@ def fill_memory_banks(method) -> None:
     """Fill MONA's hard-negative banks to their size, as a real run's are after its first dozens
     of steps; on random data they would stay nearly empty and L_contrast would look cheaper."""
     bank = getattr(method, "negative_bank", None)
-    for class_index, queue in enumerate(bank.queues if bank is not None else ()):
+    if bank is None:
+        return
+    for class_index, queue in enumerate(bank.queues):
         bank.push(class_index, torch.randn(queue.size, bank.dim, device=queue.bank.device))
 
 

@@ -226,12 +226,8 @@ def paired_comparison(runs: list[dict], variant: str, reference: str, labeled: s
 
 def paired_lines(runs: list[dict]) -> list[str]:
     """Each variant against each of `METHODS` before it in table order, at every budget both ran."""
-    lines = ["## Paired comparison per test volume (best on val)", "",
-             "Dice averaged over classes and over the seeds both methods ran, per test volume; "
-             "two-sided Wilcoxon signed-rank test over the volumes.", "",
-             "| labeled | method | against | seeds | volumes | mean gain (Dice points) | ahead on | Wilcoxon p |",
-             "| --- " * 8 + "|"]
     keys = list(groups(runs))
+    rows = []
     for variant, labeled in keys:
         for reference in METHODS:
             if (reference, labeled) not in keys or variant_key(reference) >= variant_key(variant):
@@ -240,10 +236,16 @@ def paired_lines(runs: list[dict]) -> list[str]:
             if result is None:
                 continue
             p_value = "-" if result["p_value"] is None else f"{result['p_value']:.2g}"
-            lines.append(f"| {labeled} | {variant} | {reference} | {','.join(map(str, result['seeds']))} | "
-                         f"{result['volumes']} | {100 * result['gain']:+.1f} | {result['ahead']}/{result['volumes']} | "
-                         f"{p_value} |")
-    return lines if len(lines) > 5 else []
+            rows.append(f"| {labeled} | {variant} | {reference} | {','.join(map(str, result['seeds']))} | "
+                        f"{result['volumes']} | {100 * result['gain']:+.1f} | {result['ahead']}/{result['volumes']} | "
+                        f"{p_value} |")
+    if not rows:
+        return []
+    return ["## Paired comparison per test volume (best on val)", "",
+            "Dice averaged over classes and over the seeds both methods ran, per test volume; "
+            "two-sided Wilcoxon signed-rank test over the volumes.", "",
+            "| labeled | method | against | seeds | volumes | mean gain (Dice points) | ahead on | Wilcoxon p |",
+            "| --- " * 8 + "|", *rows]
 
 
 def protocol_lines(out: Path, runs: list[dict]) -> list[str]:
