@@ -104,7 +104,24 @@ def test_nnunet_split_is_seeded_and_sized():
     assert [len(first[s]) for s in ("train", "val", "test")] == [70, 10, 20]
     assert sorted(sum(first.values(), [])) == names
     assert [len(v) for v in split_cases(names[:3], 0, 0.1, 0.1).values()] == [1, 1, 1]
-    with pytest.raises(MonaError, match="none for training"):
+    # few masks: test gives way first, then val keeps one and train one
+    assert [len(v) for v in split_cases(names[:2], 0, 0.1, 0.1).values()] == [1, 1, 0]
+    assert [len(v) for v in split_cases(names[:3], 0, 0.6, 0.3).values()] == [1, 2, 0]
+    assert [len(v) for v in split_cases(names[:4], 0, 0.0, 0.0).values()] == [3, 1, 0]
+    with pytest.raises(MonaError, match="at least two masks are needed, one to train and one to validate"):
+        split_cases(names[:1], 0, 0.1, 0.1)
+    with pytest.raises(MonaError, match="fraction must lie in"):
+        split_cases(names, 0, 1.0, 0.1)
+
+
+def test_split_keeps_a_patients_cases_together():
+    names = [f"patient{p:03d}_frame{f:02d}" for p in range(10) for f in (1, 12)]
+    split = split_cases(names, 3, 0.2, 0.2)
+    assert [len(split[s]) for s in ("train", "val", "test")] == [12, 4, 4]
+    patients = {s: {n[:10] for n in split[s]} for s in split}
+    assert not patients["train"] & patients["val"] and not patients["val"] & patients["test"]
+    assert all(split["train"][i][:10] == split["train"][i + 1][:10] for i in range(0, 12, 2))  # grouped
+    with pytest.raises(MonaError, match=r"2 labeled case\(s\) of 1 patient"):
         split_cases(names[:2], 0, 0.1, 0.1)
 
 

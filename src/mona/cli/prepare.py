@@ -1,16 +1,22 @@
-"""Convert a raw dataset download into mona's SSL4MIS layout, with the paper's splits:
+"""Convert a raw dataset download (with the paper's splits) or your own scans, some with masks
+(`folder`, `nnunet`: a seeded split), into mona's SSL4MIS layout:
 
   OUT/
-  ├── train_slices.list   training slices, grouped by patient (labeled budget = first N patients)
+  ├── train_slices.list   training slices, grouped by patient: labeled ones first (labeled budget =
+  │                       first N patients), then those of unlabeled cases
   ├── train.list          training volumes, in the same order
-  ├── val.list, test.list validation / test volumes
-  ├── mona.json           classes, modality, normalisation, slicing axis, per case spacing/affine
+  ├── val.list, test.list validation / test volumes (labeled only; no test.list when test is empty)
+  ├── mona.json           classes, modality, normalisation, slicing axis, labeled and unlabeled
+  │                       cases, splits and where they come from, per case spacing/affine
   └── data/
       ├── <case>.h5       every case: image float32 DxHxW in [0, 1], label uint8; attr spacing
       └── slices/<case>_slice_<i>.h5   training slices (i from 1): image HxW, label HxW
+                                       (unlabeled cases: image only)
 
-`mona prepare DATASET --help` shows each raw layout. OUT is built beside itself and moved
-into place when complete; an existing non-empty OUT needs --overwrite.
+`mona prepare folder --images DIR --masks DIR OUT` takes a folder of scans and a folder of masks
+for some of them; scans without a mask (and those of --unlabeled DIR) train as unlabeled data.
+`mona prepare DATASET --help` shows each raw layout. Prepare prints the split it makes. OUT is
+built beside itself and moved into place when complete; an existing non-empty OUT needs --overwrite.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mona.data.prepare import acdc, lits, mmwhs, nnunet
+from mona.data.prepare import acdc, folder, lits, mmwhs, nnunet
 
 LAYOUTS = {
     "acdc": ("the official ACDC download (SSL4MIS lists: 70/10/20 patients)", """\
@@ -59,14 +65,28 @@ HU clipped to --window (default -200 800) then [0, 1]."""),
 DATASET_DIR/
 ├── dataset.json          {"channel_names": {"0": "CT"}, "labels": {"background": 0, ...},
 │                          "file_ending": ".nii.gz"}
-├── imagesTr/<case>_0000.nii.gz
+├── imagesTr/<case>_0000.nii.gz          a case without labelsTr/<case> trains as unlabeled data
 ├── labelsTr/<case>.nii.gz
 ├── imagesTs/<case>_0000.nii.gz          optional; the test split when labelsTs/ is there
 └── labelsTs/<case>.nii.gz               optional
+--unlabeled DIR                          more scans without masks (any .nii.gz/.nii), e.g. imagesTs
 
-Reoriented to RAS, sliced along the axis of largest spacing (--axis to choose). Channel CT:
-clipped to --window, or to the 0.5/99.5 percentiles of the training foreground; other
-channels: each volume clipped to its own 0.5/99.5 percentiles; then [0, 1]."""),
+Labeled cases are split by patient (seeded; at least 2 masks: one trains, one validates; test
+may be empty). Reoriented to RAS, sliced along the axis of largest spacing (--axis to choose).
+Channel CT: clipped to --window, or to the 0.5/99.5 percentiles of the labeled training
+foreground; other channels: each volume clipped to its own 0.5/99.5 percentiles; then [0, 1].
+Unlabeled cases are read the same way and only train."""),
+    "folder": ("your scans, with masks for some of them (seeded split)", """\
+--images DIR/                            scans: case.nii.gz (or case_0000.nii.gz), any sub-folders
+--masks DIR/                             masks for some scans: case.nii.gz, same geometry
+--unlabeled DIR/                         optional: more scans without masks
+
+A scan without a mask trains as unlabeled data; a mask without a scan is an error. Classes:
+the distinct mask values (0 = background) in ascending order, named 'class <value>', or
+--classes NAME... for masks holding 0..K-1 (other values are an error). Split, orientation,
+slicing axis and normalisation as for nnunet; --modality CT estimates the HU window from the
+labeled foreground (or give --window), anything else clips each volume to its 0.5/99.5
+percentiles."""),
 }
 
 
@@ -76,8 +96,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, (summary, tree) in LAYOUTS.items():
         sub = datasets.add_parser(name, help=summary, description=f"Prepare {summary}.\n\n{tree}",
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("raw", type=Path, metavar="DATASET_DIR" if name == "nnunet" else "RAW",
-                         help="the raw dataset folder (read only)")
+        if name == "folder":
+            sub.add_argument("--images", type=Path, required=True, metavar="DIR", help="the scans (read only)")
+            sub.add_argument("--masks", type=Path, required=True, metavar="DIR",
+                             help="masks for some of the scans, same file names (read only)")
+            sub.add_argument("--classes", nargs="+", metavar="NAME",
+                             help="class names of mask values 0, 1, ... (default: the values found, 'class <v>')")
+            sub.add_argument("--modality", default="unspecified",
+                             help="noted in mona.json; CT estimates an HU window from the labeled foreground")
+        else:
+            sub.add_argument("raw", type=Path, metavar="DATASET_DIR" if name == "nnunet" else "RAW",
+                             help="the raw dataset folder (read only)")
         sub.add_argument("out", type=Path, metavar="OUT", help="the prepared dataset folder to create")
         sub.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
         if name == "acdc":
@@ -88,13 +117,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             sub.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), default=default,
                              help="clip intensities (HU) to [LO, HI], then scale that range to [0, 1]"
                              + (f" (default {default[0]:g} {default[1]:g})" if default else ""))
-        if name == "nnunet":
+        if name in ("nnunet", "folder"):
+            sub.add_argument("--unlabeled", type=Path, metavar="DIR", help="a folder of more scans without masks")
             sub.add_argument("--axis", type=int, choices=(0, 1, 2),
                              help="slicing axis of the RAS volume (default: the axis of largest spacing)")
             sub.add_argument("--seed", type=int, default=0, help="seed of the patient split (default 0)")
-            sub.add_argument("--val-fraction", type=float, default=0.1, help="validation share (default 0.1)")
+            sub.add_argument("--val-fraction", type=float, default=0.1,
+                             help="validation share of the labeled cases (default 0.1, at least one case)")
             sub.add_argument("--test-fraction", type=float,
-                             help="test share (default 0.2, or 0 when labelled imagesTs give the test set)")
+                             help="test share of the labeled cases (default 0.2, or 0 when labelled imagesTs give "
+                                  "the test set; none when too few cases are left)")
             sub.add_argument("--labeled", type=int, metavar="N", help="labeled training patients, noted in mona.json")
 
 
@@ -108,8 +140,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.dataset == "mmwhs":
         out = mmwhs.prepare_mmwhs(args.raw, args.out, hu_window=tuple(args.window), **common)
     else:
-        out = nnunet.prepare_nnunet(args.raw, args.out, seed=args.seed, val_fraction=args.val_fraction,
-                                    test_fraction=args.test_fraction, labeled=args.labeled, axis=args.axis,
-                                    hu_window=tuple(args.window) if args.window else None, **common)
+        common.update(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                      labeled=args.labeled, axis=args.axis, hu_window=tuple(args.window) if args.window else None,
+                      unlabeled=args.unlabeled)
+        if args.dataset == "nnunet":
+            out = nnunet.prepare_nnunet(args.raw, args.out, **common)
+        else:
+            out = folder.prepare_folder(args.images, args.masks, args.out, classes=args.classes,
+                                        modality=args.modality, **common)
     print(f"prepared {args.dataset} in {out}")
     return 0

@@ -88,6 +88,7 @@ def prepare_acdc(raw: Path, out: Path, *, overwrite: bool = False, lists: Path |
     patients = find_patients(raw)
     sources = {name: frame_files(patients, name, raw) for split in splits.values() for name in split}
     meta = DatasetMeta("ACDC", CLASSES, "MRI", "minmax", minmax, identity_labels(CLASSES), BUDGETS,
-                       canonical=False, extra={"phases": PHASES})
+                       canonical=False, split_source=f"SSL4MIS lists ({lists or 'mona/splits/acdc'})",
+                       extra={"phases": PHASES})
     return write_dataset(out, meta, splits, sources, raw=raw, overwrite=overwrite,
                          train_slices=names["train_slices"], log=log)

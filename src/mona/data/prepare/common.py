@@ -1,5 +1,5 @@
-"""What every `mona prepare` dataset shares: reading raw NIfTI pairs, normalising, and
-writing the SSL4MIS layout (with `mona.json`) into place only once it is complete.
+"""What every `mona prepare` dataset shares: reading raw NIfTI pairs (or scans without a mask),
+normalising, and writing the SSL4MIS layout (with `mona.json`) into place only once it is complete.
 
 Array order: a raw volume (x, y, z) is transposed so the slicing axis comes first and the
 other two follow in descending order; for axial slicing that is (z, y, x), the order
@@ -27,9 +27,12 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from mona.data.ssl4mis import patient_of, volume_of
 from mona.errors import MonaError
 
 SPLITS = ("train", "val", "test")
+# A scan file name: the case, nnU-Net's optional `_0000` channel suffix, a NIfTI ending.
+SCAN_PATTERN = r"(.+?)(?:_0000)?\.nii(?:\.gz)?"
 # Image and label must share their geometry; 1e-3 (mm, or unitless for direction terms)
 # absorbs float noise between qform and sform without accepting a real mismatch.
 AFFINE_TOLERANCE = 1e-3
@@ -42,11 +45,12 @@ Log = Callable[[str], None] | None
 @dataclass
 class Case:
     """One prepared volume in h5 axis order (D, H, W): `image` float32 in [0, 1], `label`
-    uint8 class indices, `affine` h5 index -> world, the raw NIfTI shape and file name."""
+    uint8 class indices (None for a scan without a mask), `affine` h5 index -> world, the raw
+    NIfTI shape and file name."""
 
     name: str
     image: np.ndarray
-    label: np.ndarray
+    label: np.ndarray | None
     affine: np.ndarray
     original_shape: tuple[int, ...]
     source: str
@@ -60,7 +64,8 @@ class Case:
 class DatasetMeta:
     """How a dataset is read (`canonical` orientation or stored voxel order, `slicing_axis` of
     that array, `normalise`, `label_map` raw value -> class) and what `mona.json` says of it:
-    `normalisation` describes `normalise`, `extra` holds dataset-specific keys."""
+    `normalisation` describes `normalise`, `split_source` where the splits come from, `extra`
+    holds dataset-specific keys."""
 
     name: str
     classes: list[str]
@@ -71,6 +76,7 @@ class DatasetMeta:
     budgets: list[int]
     slicing_axis: int = 2
     canonical: bool = True
+    split_source: str = ""
     extra: dict = field(default_factory=dict)
 
 
@@ -107,14 +113,37 @@ def h5_axes(axis: int) -> tuple[int, int, int]:
     return (axis, *sorted({0, 1, 2} - {axis}, reverse=True))
 
 
-def read_raw(image_path: Path, label_path: Path, *, canonical: bool, axis: int):
-    """(image float32, raw label values, affine, raw shape) of a NIfTI pair in h5 axis order.
+def read_raw(image_path: Path, label_path: Path | None, *, canonical: bool, axis: int):
+    """(image float32, raw label values or None, affine, raw shape) of a NIfTI pair, or of a scan
+    without a mask (`label_path` None), in h5 axis order.
 
     The pair must agree in shape and affine. With `canonical` the arrays are first reoriented
     to the closest RAS orientation (`nibabel.as_closest_canonical`), else the stored voxel
     order is kept.
     """
-    image_img, label_img = load_nifti(image_path), load_nifti(label_path)
+    image_img = load_nifti(image_path)
+    shape = image_img.shape[:3]
+    with reading(image_path):
+        image = image_img.get_fdata(dtype=np.float32).reshape(shape)
+    if not np.isfinite(image).all():
+        raise MonaError("image contains NaN or infinite values", image_path)
+    label = None if label_path is None else read_mask(label_path, image_img, image_path)
+    affine = np.asarray(image_img.affine, dtype=np.float64)
+    if canonical:
+        ornt = nib.orientations.io_orientation(affine)
+        image = nib.orientations.apply_orientation(image, ornt)
+        label = None if label is None else nib.orientations.apply_orientation(label, ornt)
+        affine = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+    perm = h5_axes(axis)
+    h5_affine = affine.copy()
+    h5_affine[:, :3] = affine[:, list(perm)]
+    return (image.transpose(perm), None if label is None else label.transpose(perm), h5_affine,
+            tuple(int(n) for n in shape))
+
+
+def read_mask(label_path: Path, image_img: nib.Nifti1Image, image_path: Path) -> np.ndarray:
+    """The raw values of a mask, which must have its scan's shape and affine."""
+    label_img = load_nifti(label_path)
     shape = image_img.shape[:3]
     if label_img.shape[:3] != shape:
         raise MonaError(f"label shape {label_img.shape} differs from image shape {image_img.shape} ({image_path.name})",
@@ -122,30 +151,17 @@ def read_raw(image_path: Path, label_path: Path, *, canonical: bool, axis: int):
     if not np.allclose(label_img.affine, image_img.affine, atol=AFFINE_TOLERANCE):
         difference = np.abs(label_img.affine - image_img.affine).max()
         raise MonaError(f"label affine differs from that of {image_path.name} (by up to {difference:.4g})", label_path)
-    with reading(image_path):
-        image = image_img.get_fdata(dtype=np.float32).reshape(shape)
     with reading(label_path):
-        label = np.asanyarray(label_img.dataobj).reshape(shape)
-    if not np.isfinite(image).all():
-        raise MonaError("image contains NaN or infinite values", image_path)
-    affine = np.asarray(image_img.affine, dtype=np.float64)
-    if canonical:
-        ornt = nib.orientations.io_orientation(affine)
-        image = nib.orientations.apply_orientation(image, ornt)
-        label = nib.orientations.apply_orientation(label, ornt)
-        affine = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
-    perm = h5_axes(axis)
-    h5_affine = affine.copy()
-    h5_affine[:, :3] = affine[:, list(perm)]
-    return image.transpose(perm), label.transpose(perm), h5_affine, tuple(int(n) for n in shape)
+        return np.asanyarray(label_img.dataobj).reshape(shape)
 
 
-def read_case(name: str, image_path: Path, label_path: Path, *, label_map: dict[int, int],
+def read_case(name: str, image_path: Path, label_path: Path | None, *, label_map: dict[int, int],
               normalise: Callable[[np.ndarray], np.ndarray], canonical: bool = True, axis: int = 2) -> Case:
     """Read a raw pair (see `read_raw`), normalise the image and map raw label values to classes."""
     image, label, affine, shape = read_raw(image_path, label_path, canonical=canonical, axis=axis)
-    return Case(name, np.ascontiguousarray(normalise(image), dtype=np.float32),
-                np.ascontiguousarray(map_labels(label, label_map, label_path)), affine, shape, image_path.name)
+    if label is not None:
+        label = np.ascontiguousarray(map_labels(label, label_map, label_path))
+    return Case(name, np.ascontiguousarray(normalise(image), dtype=np.float32), label, affine, shape, image_path.name)
 
 
 def map_labels(label: np.ndarray, label_map: dict[int, int], path: Path) -> np.ndarray:
@@ -200,31 +216,51 @@ def read_list(path: Path, text: str | None = None) -> list[str]:
     return names
 
 
+def find_files(root: Path, pattern: str) -> dict[str, Path]:
+    """Case key -> file for the NIfTI files below `root` whose names match `pattern` (group 1 = the key)."""
+    found: dict[str, Path] = {}
+    for path in sorted(Path(root).rglob("*.nii*")):
+        match = re.fullmatch(pattern, path.name)
+        if match:
+            if match.group(1) in found:
+                raise MonaError(f"case {match.group(1)} appears twice (also {found[match.group(1)]})", path)
+            found[match.group(1)] = path
+    return found
+
+
 def find_pairs(image_root: Path, label_root: Path, image_pattern: str, label_pattern: str,
-               what: str) -> dict[str, tuple[Path, Path]]:
+               what: str, *, require_labels: bool = True) -> dict[str, tuple[Path, Path | None]]:
     """Case key -> (image, label) for the files below `image_root` and `label_root` whose names
-    match the two regexes (group 1 = the key); an image without label, or the reverse, is an error."""
-    found: dict[str, dict[str, Path]] = {"image": {}, "label": {}}
-    for kind, root, pattern in (("image", image_root, image_pattern), ("label", label_root, label_pattern)):
-        for path in sorted(Path(root).rglob("*.nii*")):
-            match = re.fullmatch(pattern, path.name)
-            if match:
-                if match.group(1) in found[kind]:
-                    raise MonaError(f"case {match.group(1)} appears twice (also {found[kind][match.group(1)]})", path)
-                found[kind][match.group(1)] = path
-    if not found["image"] and not found["label"]:
+    match the two regexes (group 1 = the key). A label without image is an error; so is an image
+    without label, unless `require_labels` is off: its label is then None (an unlabeled case)."""
+    images, labels = find_files(image_root, image_pattern), find_files(label_root, label_pattern)
+    if not images and not labels:
         raise MonaError(f"no {what} found (empty dataset)", image_root)
-    for key, path in found["image"].items():
-        if key not in found["label"]:
+    for key, path in images.items():
+        if require_labels and key not in labels:
             raise MonaError("image has no label file", path)
-    for key, path in found["label"].items():
-        if key not in found["image"]:
+    for key, path in labels.items():
+        if key not in images:
             raise MonaError("label has no image file", path)
-    return {key: (path, found["label"][key]) for key, path in found["image"].items()}
+    return {key: (path, labels.get(key)) for key, path in images.items()}
+
+
+def find_scans(folder: Path) -> dict[str, tuple[Path, None]]:
+    """Case -> (scan, no label) for every `.nii.gz`/`.nii` below `folder` (names as `SCAN_PATTERN`)."""
+    folder = raw_folder(folder)
+    scans = find_files(folder, SCAN_PATTERN)
+    if not scans:
+        raise MonaError("no NIfTI scans (.nii.gz, .nii) found", folder)
+    return {name: (path, None) for name, path in scans.items()}
 
 
 def window_normalisation(low: float, high: float) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """`mona.json` description and function of a fixed intensity window (CT HU) -> [0, 1]."""
+    """`mona.json` description and function of a fixed intensity window (CT HU) -> [0, 1].
+
+    The bounds are applied as written there (6 significant digits), so `mona predict`, which
+    reads them back, normalises new scans exactly as the training volumes were.
+    """
+    low, high = float(f"{low:g}"), float(f"{high:g}")
     if not high > low:
         raise MonaError(f"an intensity window needs LO < HI, got [{low:g}, {high:g}]")
     return f"window [{low:g}, {high:g}] -> [0, 1]", lambda image: window(image, low, high)
@@ -232,7 +268,7 @@ def window_normalisation(low: float, high: float) -> tuple[str, Callable[[np.nda
 
 def derive_volumes(slice_names: list[str]) -> list[str]:
     """Volumes of a slice list in order of first appearance (`train.list` from `train_slices.list`)."""
-    return list(dict.fromkeys(re.sub(r"_slice_\d+$", "", n) for n in slice_names))
+    return list(dict.fromkeys(volume_of(n) for n in slice_names))
 
 
 def identity_labels(classes: list[str]) -> dict[int, int]:
@@ -240,24 +276,73 @@ def identity_labels(classes: list[str]) -> dict[int, int]:
     return {v: v for v in range(len(classes))}
 
 
-def write_dataset(out: Path, meta: DatasetMeta, splits: dict[str, list[str]], sources: dict[str, tuple[Path, Path]],
-                  *, raw: Path, overwrite: bool = False, train_slices: list[str] | None = None,
-                  log: Log = None) -> Path:
+def split_cases(cases: list[str], seed: int, val_fraction: float, test_fraction: float,
+                source: Path | None = None) -> dict[str, list[str]]:
+    """Seeded split of labeled cases by patient (`patient_of`), so a patient's cases stay together.
+
+    The sorted patients are shuffled; test then val take round(fraction * patients), val at
+    least one and test at least one when its fraction is positive, as long as one patient is
+    left to train (test gives way first: with few masks it may be empty). Train keeps the
+    shuffled order, so the labeled budget of N patients is a seeded draw; val and test are sorted.
+    """
+    for name, fraction in (("validation", val_fraction), ("test", test_fraction)):
+        if not 0 <= fraction < 1:
+            raise MonaError(f"the {name} fraction must lie in [0, 1), got {fraction}")
+    groups: dict[str, list[str]] = {}
+    for case in sorted(cases):
+        groups.setdefault(patient_of(case), []).append(case)
+    if len(groups) < 2:
+        raise MonaError(f"found {len(cases)} labeled case(s) of {len(groups)} patient(s): at least two masks are "
+                        "needed, one to train and one to validate", source)
+    patients = sorted(groups)
+    order = [patients[i] for i in np.random.default_rng(seed).permutation(len(patients))]
+    n_val = min(max(1, round(val_fraction * len(order))), len(order) - 1)
+    n_test = min(0 if test_fraction == 0 else max(1, round(test_fraction * len(order))), len(order) - 1 - n_val)
+
+    def cases_of(chosen: list[str]) -> list[str]:
+        return [case for patient in chosen for case in groups[patient]]
+
+    return {"train": cases_of(order[n_test + n_val:]), "val": sorted(cases_of(order[n_test:n_test + n_val])),
+            "test": sorted(cases_of(order[:n_test]))}
+
+
+def split_summary(splits: dict[str, list[str]], split_source: str) -> list[str]:
+    """What `mona prepare` prints of a split (and records in `mona.json`)."""
+    labeled = sum(len(splits[split]) for split in SPLITS)
+    unlabeled = splits.get("unlabeled", [])
+    return [f"labeled cases: {labeled} (train {len(splits['train'])}, val {len(splits['val'])}, "
+            f"test {len(splits['test'])}); unlabeled cases: {len(unlabeled)} (training only)",
+            f"val: {' '.join(splits['val'])}",
+            f"test: {' '.join(splits['test']) or 'none'}",
+            f"split: {split_source}"]
+
+
+def write_dataset(out: Path, meta: DatasetMeta, splits: dict[str, list[str]],
+                  sources: dict[str, tuple[Path, Path | None]], *, raw: Path, overwrite: bool = False,
+                  train_slices: list[str] | None = None, log: Log = None) -> Path:
     """Read every case of `splits` from its (image, label) `sources`, one at a time, and write
     the SSL4MIS layout in `out`.
 
-    Every case gets a volume `data/<case>.h5` (attrs `spacing`, `affine`); training cases
-    also get 2D slices `data/slices/<case>_slice_<i>.h5`, numbered from 1 as in the prepared
-    ACDC copy. `train_slices` (ACDC's canonical order) must name exactly the written slices;
-    without it slices are listed case by case in `splits["train"]` order, so the first N
-    patients of the list are the labeled budget. `train.list` names the training volumes.
+    `splits` names the labeled "train", "val" (both non-empty) and "test" (may be empty: then
+    no `test.list` is written) cases and, optionally, "unlabeled" training cases, whose label
+    source is None. Every case gets a volume `data/<case>.h5` (attrs `spacing`, `affine`;
+    unlabeled: `image` only); training cases also get 2D slices `data/slices/<case>_slice_<i>.h5`,
+    numbered from 1 as in the prepared ACDC copy. `train_slices` (ACDC's canonical order) must
+    name exactly the written slices; without it slices are listed case by case, labeled
+    `splits["train"]` first in its order (the first N patients are the labeled budget), then the
+    unlabeled cases. `train.list` names the training volumes in that order.
     """
-    for split in SPLITS:
+    splits = {"unlabeled": [], **splits}
+    for split in ("train", "val"):
         if not splits.get(split):
             raise MonaError(f"no {split} cases: the {meta.name} split needs at least one", raw)
-    names = [n for split in SPLITS for n in splits[split]]
+    names = [n for split in (*SPLITS, "unlabeled") for n in splits[split]]
     if len(set(names)) != len(names):
         raise MonaError("a case appears in more than one split (or twice in one)", raw)
+    training = set(splits["train"]) | set(splits["unlabeled"])
+    if log:
+        for line in split_summary(splits, meta.split_source):
+            log(line)
     with staged_folder(Path(out), raw=Path(raw), overwrite=overwrite) as tmp:
         (tmp / "data" / "slices").mkdir(parents=True)
         written: list[str] = []
@@ -269,10 +354,11 @@ def write_dataset(out: Path, meta: DatasetMeta, splits: dict[str, list[str]], so
                              canonical=meta.canonical, axis=meta.slicing_axis)
             attrs = {"spacing": case.spacing, "affine": case.affine}
             _write_h5(tmp / "data" / f"{name}.h5", case.image, case.label, attrs)
-            if name in splits["train"]:
+            if name in training:
                 for i in range(case.image.shape[0]):
                     written.append(f"{name}_slice_{i + 1}")
-                    _write_h5(tmp / "data" / "slices" / f"{written[-1]}.h5", case.image[i], case.label[i])
+                    _write_h5(tmp / "data" / "slices" / f"{written[-1]}.h5", case.image[i],
+                              None if case.label is None else case.label[i])
             cases[name] = {"spacing": case.spacing, "affine": case.affine.tolist(),
                            "original_shape": list(case.original_shape), "source": case.source}
         if train_slices is None:
@@ -285,21 +371,28 @@ def write_dataset(out: Path, meta: DatasetMeta, splits: dict[str, list[str]], so
         lists = {"train_slices": train_slices, "train": derive_volumes(train_slices),
                  "val": splits["val"], "test": splits["test"]}
         for stem, lines in lists.items():
-            (tmp / f"{stem}.list").write_text("".join(f"{line}\n" for line in lines))
+            if lines:
+                (tmp / f"{stem}.list").write_text("".join(f"{line}\n" for line in lines))
         document = {"name": meta.name, "classes": meta.classes, "num_classes": len(meta.classes),
                     "modality": meta.modality, "normalisation": meta.normalisation,
                     "slicing_axis": meta.slicing_axis, "budgets": meta.budgets,
                     "orientation": "RAS (nibabel.as_closest_canonical)" if meta.canonical else "stored voxel order",
-                    **meta.extra, "source": str(Path(raw).resolve()), "cases": cases}
+                    **meta.extra, "source": str(Path(raw).resolve()),
+                    "labeled_cases": sorted(n for split in SPLITS for n in splits[split]),
+                    "unlabeled_cases": splits["unlabeled"],
+                    "splits": {split: splits[split] for split in SPLITS}, "split_source": meta.split_source,
+                    "cases": cases}
         (tmp / "mona.json").write_text(json.dumps(document, indent=1))
     return Path(out)
 
 
-def _write_h5(path: Path, image: np.ndarray, label: np.ndarray, attrs: dict | None = None) -> None:
-    """gzip level 1: about twice as fast as h5py's default level 4 for ~10 % more disk (large CT sets)."""
+def _write_h5(path: Path, image: np.ndarray, label: np.ndarray | None, attrs: dict | None = None) -> None:
+    """gzip level 1: about twice as fast as h5py's default level 4 for ~10 % more disk (large CT sets).
+    A scan without a mask gets no `label` dataset."""
     with h5py.File(path, "w") as f:
         f.create_dataset("image", data=image, compression="gzip", compression_opts=1)
-        f.create_dataset("label", data=label, compression="gzip", compression_opts=1)
+        if label is not None:
+            f.create_dataset("label", data=label, compression="gzip", compression_opts=1)
         for key, value in (attrs or {}).items():
             f.attrs[key] = np.asarray(value, dtype=np.float64)
 
@@ -343,7 +436,7 @@ def staged_folder(out: Path, *, raw: Path, overwrite: bool) -> Iterator[Path]:
 @dataclass(frozen=True)
 class NumberedLayout:
     """A raw layout of CT image/label files numbered by case (LiTS, MM-WHS): file name regexes
-    (group 1 = number), the split of the numbers, and the case name of a number."""
+    (group 1 = number), the paper's split of the numbers, and the case name of a number."""
 
     name: str
     classes: list[str]
@@ -357,15 +450,30 @@ class NumberedLayout:
     extra: dict
 
 
+# A partial download (e.g. part of LiTS) whose paper split leaves a split empty is split like own data.
+FALLBACK_SPLIT = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.2}
+
+
 def prepare_numbered(layout: NumberedLayout, raw: Path, out: Path, *, hu_window: tuple[float, float],
                      overwrite: bool = False, log: Log = None) -> Path:
-    """Prepare a numbered CT layout: files found anywhere below `raw`, RAS, axial, HU window -> [0, 1]."""
+    """Prepare a numbered CT layout: files found anywhere below `raw`, RAS, axial, HU window -> [0, 1].
+
+    The paper's split is used unless it leaves train, val or test empty (a partial download):
+    then the cases get a seeded split by case (`FALLBACK_SPLIT`), said in the log and `mona.json`.
+    """
     raw = raw_folder(raw)
     pairs = {int(key): pair for key, pair in
              find_pairs(raw, raw, layout.image_pattern, layout.label_pattern, layout.what).items()}
     splits = {split: [layout.case_name(n) for n in numbers]
               for split, numbers in layout.split(list(pairs), raw).items()}
     sources = {layout.case_name(n): pair for n, pair in pairs.items()}
+    split_source = f"the paper's {layout.name} split"
+    empty = [split for split in SPLITS if not splits[split]]
+    if empty:
+        splits = split_cases(sorted(sources), **FALLBACK_SPLIT, source=raw)
+        split_source = (f"seeded fallback: the paper's {layout.name} split leaves {' and '.join(empty)} empty with "
+                        f"these {len(sources)} cases; split by case with seed {FALLBACK_SPLIT['seed']}, val fraction "
+                        f"{FALLBACK_SPLIT['val_fraction']}, test fraction {FALLBACK_SPLIT['test_fraction']}")
     meta = DatasetMeta(layout.name, layout.classes, "CT", *window_normalisation(*hu_window), layout.label_map,
-                       layout.budgets, extra=layout.extra)
+                       layout.budgets, split_source=split_source, extra=layout.extra)
     return write_dataset(out, meta, splits, sources, raw=raw, overwrite=overwrite, log=log)

@@ -1,18 +1,23 @@
-"""`mona prepare nnunet`: any single-channel nnU-Net v2 raw dataset -> the SSL4MIS layout.
+"""`mona prepare nnunet`: any single-channel nnU-Net v2 raw dataset -> the SSL4MIS layout; and the
+code path it shares with `mona prepare folder` (`prepare_partly_labeled`) for partly labeled data.
 
 Raw: `dataset.json` (`channel_names` with one channel, `labels` name -> integer value with
 background 0, `file_ending` .nii.gz or .nii), `imagesTr/<case>_0000<ending>`,
 `labelsTr/<case><ending>`; optional `imagesTs/` with `labelsTs/`: labelled test cases become
-the test split (unlabelled test images cannot be scored and are ignored).
+the test split (unlabelled test images are ignored unless given as `unlabeled`).
+An `imagesTr` case without a `labelsTr` file is an unlabeled training case, and so is every scan
+of the `unlabeled` folder: unlabeled cases only train (their slices carry no `label`), never
+validate or test.
 
-Volumes are reoriented to closest RAS and sliced along the axis of largest median spacing
-(ties go to the later axis, i.e. axial), unless `axis` is given. Label values are mapped to
-0..K-1 in ascending order. Intensities are clipped to a window then scaled to [0, 1]: the
-given `hu_window`; else, for a channel named CT, the 0.5/99.5 percentiles of foreground
-intensities of the training cases (as nnU-Net estimates its CT window); else each volume's
-own 0.5/99.5 percentiles.
-Cases are split by a seeded shuffle; the training list keeps the shuffled order, so the
-labeled budget of N patients (the first N lines) is a seeded random draw.
+Volumes are reoriented to closest RAS and sliced along the axis of largest median spacing of
+the labeled cases (ties go to the later axis, i.e. axial), unless `axis` is given. Label values
+are mapped to 0..K-1 in ascending order. Intensities are clipped to a window then scaled to
+[0, 1]: the given `hu_window`; else, for a channel named CT, the 0.5/99.5 percentiles of
+foreground intensities of the labeled training cases (as nnU-Net estimates its CT window);
+else each volume's own 0.5/99.5 percentiles. Unlabeled cases are read the same way.
+Labeled cases are split by patient with a seeded shuffle (`split_cases`); the training list
+keeps the shuffled order, so the labeled budget of N patients (the first N lines) is a seeded
+random draw.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mona.data.prepare.common import (DatasetMeta, Log, canonical_spacing, check_output, find_pairs, load_nifti,
-                                     percentile_window, raw_folder, read_raw, window_normalisation, write_dataset)
+from mona.data.prepare.common import (DatasetMeta, Log, canonical_spacing, check_output, find_pairs, find_scans,
+                                     load_nifti, percentile_window, raw_folder, read_raw, split_cases,
+                                     window_normalisation, write_dataset)
 from mona.errors import MonaError
 
 ENDINGS = (".nii.gz", ".nii")
@@ -57,20 +63,6 @@ def read_dataset_json(folder: Path) -> dict:
     return info
 
 
-def split_cases(cases: list[str], seed: int, val_fraction: float, test_fraction: float) -> dict[str, list[str]]:
-    """Seeded shuffle of the sorted cases; test then val take round(fraction * n), at least one
-    when the fraction is positive; train keeps the shuffled order, val and test are sorted."""
-    for name, fraction in (("validation", val_fraction), ("test", test_fraction)):
-        if not 0 <= fraction < 1:
-            raise MonaError(f"the {name} fraction must lie in [0, 1), got {fraction}")
-    order = [sorted(cases)[i] for i in np.random.default_rng(seed).permutation(len(cases))]
-    n_test, n_val = (0 if f == 0 else max(1, round(f * len(cases))) for f in (test_fraction, val_fraction))
-    if n_test + n_val >= len(cases):
-        raise MonaError(f"{len(cases)} cases leave none for training after {n_val} validation and {n_test} test")
-    return {"train": order[n_test + n_val:], "val": sorted(order[n_test:n_test + n_val]),
-            "test": sorted(order[:n_test])}
-
-
 def largest_spacing_axis(images: list[Path]) -> int:
     """The RAS axis with the largest median voxel size (ties within 0.1 % go to the later axis)."""
     spacing = np.median([canonical_spacing(load_nifti(path)) for path in images], axis=0)
@@ -95,41 +87,79 @@ def foreground_window(pairs: list[tuple[Path, Path]], seed: int) -> tuple[float,
 
 def prepare_nnunet(dataset: Path, out: Path, *, overwrite: bool = False, seed: int = 0, val_fraction: float = 0.1,
                    test_fraction: float | None = None, labeled: int | None = None, axis: int | None = None,
-                   hu_window: tuple[float, float] | None = None, log: Log = None) -> Path:
-    """Prepare an nnU-Net raw dataset; `test_fraction` defaults to 0 when labelled `imagesTs` give
-    the test split, else 0.2. `labeled` (N first training cases) is checked and noted in `mona.json`."""
+                   hu_window: tuple[float, float] | None = None, unlabeled: Path | None = None,
+                   log: Log = None) -> Path:
+    """Prepare an nnU-Net raw dataset (see the module docstring); `unlabeled` is a folder of more
+    scans without masks. Options as `prepare_partly_labeled`."""
     dataset = raw_folder(dataset)
-    check_output(out, raw=dataset, overwrite=overwrite)  # before the CT window pass reads every volume
     info = read_dataset_json(dataset)
     ending = re.escape(info["file_ending"])
     sources = find_pairs(dataset / "imagesTr", dataset / "labelsTr", rf"(.+)_0000{ending}", rf"(.+){ending}",
-                         f"imagesTr/<case>_0000{info['file_ending']} files")
+                         f"imagesTr/<case>_0000{info['file_ending']} files", require_labels=False)
     test_sources = {}
     if (dataset / "labelsTs").is_dir():
         test_sources = find_pairs(dataset / "imagesTs", dataset / "labelsTs", rf"(.+)_0000{ending}", rf"(.+){ending}",
                                   f"imagesTs/<case>_0000{info['file_ending']} files")
+    by_value = {value: name for name, value in info["labels"].items()}
+    values = sorted(by_value)
+    return prepare_partly_labeled(
+        dataset, out, name=str(info.get("name") or dataset.name), classes=[by_value[v] for v in values],
+        label_values=values, modality=str(next(iter(info["channel_names"].values()))), sources=sources,
+        test_sources=test_sources, unlabeled=unlabeled, overwrite=overwrite, seed=seed, val_fraction=val_fraction,
+        test_fraction=test_fraction, labeled=labeled, axis=axis, hu_window=hu_window, log=log)
+
+
+def prepare_partly_labeled(raw: Path, out: Path, *, name: str, classes: list[str], label_values: list[int],
+                           modality: str, sources: dict[str, tuple[Path, Path | None]],
+                           test_sources: dict[str, tuple[Path, Path]] | None = None, unlabeled: Path | None = None,
+                           overwrite: bool = False, seed: int = 0, val_fraction: float = 0.1,
+                           test_fraction: float | None = None, labeled: int | None = None, axis: int | None = None,
+                           hu_window: tuple[float, float] | None = None, extra: dict | None = None,
+                           log: Log = None) -> Path:
+    """Prepare own scans, some with a mask: `sources` case -> (scan, mask or None), `test_sources`
+    labeled test-only cases, `unlabeled` a folder of more scans without masks.
+
+    `label_values` are the raw mask values of `classes`, in order. Labeled cases are split by
+    `split_cases(seed, val_fraction, test_fraction)`; `test_fraction` defaults to 0 when
+    `test_sources` give the test split, else 0.2. `labeled` (N first training patients) is
+    checked and noted in `mona.json`. Orientation, slicing axis and normalisation are as in the
+    module docstring; their statistics come from the labeled cases only.
+    """
+    test_sources = test_sources or {}
+    sources = {**sources, **test_sources}
+    if unlabeled is not None:
+        more = find_scans(unlabeled)
+        clash = sorted(set(more) & set(sources))
+        if clash:
+            raise MonaError(f"case {clash[0]} is also in {raw} (case names must be unique)", more[clash[0]][0])
+        sources.update(more)
+    for folder in (raw, unlabeled):
+        if folder is not None:  # before the CT window pass reads every volume
+            check_output(out, raw=folder, overwrite=overwrite)
+    masked = [case for case, (_, label) in sources.items() if label is not None and case not in test_sources]
     if test_fraction is None:
         test_fraction = 0.0 if test_sources else 0.2
-    splits = split_cases(list(sources), seed, val_fraction, test_fraction)
+    splits = split_cases(masked, seed, val_fraction, test_fraction, raw)
     splits["test"] = sorted(splits["test"] + list(test_sources))
-    sources.update(test_sources)
+    splits["unlabeled"] = sorted(case for case, (_, label) in sources.items() if label is None)
     if labeled is not None and not 1 <= labeled <= len(splits["train"]):
-        raise MonaError(f"--labeled {labeled}: the training split has {len(splits['train'])} cases", dataset)
+        raise MonaError(f"--labeled {labeled}: the training split has {len(splits['train'])} labeled cases", raw)
 
-    channel = str(next(iter(info["channel_names"].values())))
-    if hu_window is None and channel.casefold() == "ct":
-        hu_window = foreground_window([sources[name] for name in splits["train"]], seed)
+    if hu_window is None and modality.casefold() == "ct":
+        hu_window = foreground_window([sources[case] for case in splits["train"]], seed)
     if hu_window is None:
         normalisation = (f"percentiles {PERCENTILES} of each volume -> [0, 1]",
                          lambda image: percentile_window(image, *PERCENTILES))
     else:
         normalisation = window_normalisation(*hu_window)
-    values = sorted(info["labels"].values())
-    by_value = {value: name for name, value in info["labels"].items()}
-    axis = largest_spacing_axis([pair[0] for pair in sources.values()]) if axis is None else axis
-    meta = DatasetMeta(str(info.get("name") or dataset.name), [by_value[v] for v in values], channel, *normalisation,
-                       {value: index for index, value in enumerate(values)},
-                       [labeled] if labeled else [], slicing_axis=axis,
+    with_masks = [sources[case][0] for split in ("train", "val", "test") for case in splits[split]]
+    axis = largest_spacing_axis(with_masks) if axis is None else axis
+    label_map = {value: index for index, value in enumerate(label_values)}
+    meta = DatasetMeta(name, classes, modality, *normalisation, label_map, [labeled] if labeled else [], slicing_axis=axis,
+                       split_source=f"seeded by patient (seed {seed}, val fraction {val_fraction}, test fraction "
+                                    f"{test_fraction}{', plus the labelled imagesTs' if test_sources else ''})",
                        extra={"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-                              "labeled": labeled, "label_values": values})
-    return write_dataset(out, meta, splits, sources, raw=dataset, overwrite=overwrite, log=log)
+                              "labeled": labeled, "label_values": label_values,
+                              **({"unlabeled_source": str(Path(unlabeled).resolve())} if unlabeled else {}),
+                              **(extra or {})})
+    return write_dataset(out, meta, splits, sources, raw=raw, overwrite=overwrite, log=log)
