@@ -3,10 +3,19 @@
 Layout: `train_slices.list`, `val.list`, `test.list`, `data/slices/<slice>.h5` (2D) and
 `data/<volume>.h5` (3D), keys `image` (float in [0, 1], or uint8 read as value / 255) and
 `label` (uint8). An optional `mona.json` (written by `mona synth` and `mona prepare`) names
-the classes and spacings.
+the classes and spacings, and the `unlabeled_cases`: training volumes whose slices hold only
+an `image`. Any other slice without a `label` is an error (a broken file, not unlabeled data).
+
+Budgets: `labeled` N is every slice of the first N patients with labels, in
+`train_slices.list` order; "all" is every slice with a label. The unlabeled stream is every
+other training slice: those without a label, and labeled slices outside the budget with their
+labels hidden. Labeled slices inside the budget are *not* also drawn as unlabeled: this is
+SSL4MIS's two-stream sampler (labeled indices vs the rest), so the published ACDC protocol
+(1/3/7 patients, the other 63-69 unlabeled) is unchanged; with "all" on a fully labeled set
+there is no unlabeled stream, as before.
 
 Training slices are read once, checked, resized to the training size (images linearly,
-labels with nearest) and kept in memory as two tensors, so a batch is an index lookup and
+labels with nearest) and kept in memory as tensors, so a batch is an index lookup and
 augmentation runs batched on the training device: the data pipeline never stalls a step.
 """
 
@@ -104,63 +113,85 @@ def dataset_info(root: str | Path, num_classes: int = 0) -> DatasetInfo:
     return DatasetInfo(root, count, list(names), spacing, metadata)
 
 
-def split_budget(slice_names: list[str], labeled: str) -> tuple[list[int], list[int]]:
-    """Indices of labeled and unlabeled slices: all slices of the first N patients are labeled."""
+def split_budget(slice_names: list[str], labeled: str,
+                 has_label: list[bool] | None = None) -> tuple[list[int], list[int]]:
+    """Indices of the labeled and the unlabeled stream (module docstring): the labeled slices of the
+    first N patients with labels, or every labeled slice ("all"); the rest. `has_label` (one per
+    slice, default all True) says which slices carry a label."""
+    has_label = [True] * len(slice_names) if has_label is None else has_label
+    patients = list(dict.fromkeys(patient_of(name) for name, known in zip(slice_names, has_label) if known))
     if labeled == "all":
-        return list(range(len(slice_names))), []
-    count = int(labeled)
-    order: list[str] = []
-    for name in slice_names:
-        patient = patient_of(name)
-        if patient not in order:
-            order.append(patient)
-    if count > len(order):
-        raise MonaError(f"asked for {count} labeled patients but the training list has {len(order)}")
-    chosen = set(order[:count])
-    labeled_idx = [i for i, name in enumerate(slice_names) if patient_of(name) in chosen]
-    unlabeled_idx = [i for i, name in enumerate(slice_names) if patient_of(name) not in chosen]
-    return labeled_idx, unlabeled_idx
+        chosen = set(patients)
+    else:
+        count = int(labeled)
+        if count > len(patients):
+            raise MonaError(f"asked for {count} labeled patients but the training list has {len(patients)} patients "
+                            "with labels")
+        chosen = set(patients[:count])
+    if not chosen:
+        raise MonaError("the training list has no labeled slices: at least one patient needs masks")
+    in_budget = [known and patient_of(name) in chosen for name, known in zip(slice_names, has_label)]
+    return ([i for i, inside in enumerate(in_budget) if inside],
+            [i for i, inside in enumerate(in_budget) if not inside])
 
 
 @dataclass
 class SliceStore:
-    """Training slices resized to the network size, in memory: images (N,1,S,S), labels (N,S,S)."""
+    """Training slices resized to the network size, in memory: images (N,1,S,S), labels (N,S,S)
+    or None for a store without labels (the unlabeled stream)."""
 
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     names: list[str]
 
     def subset(self, indices: list[int]) -> "SliceStore":
-        return SliceStore(self.images[indices], self.labels[indices], [self.names[i] for i in indices])
+        labels = None if self.labels is None else self.labels[indices]
+        return SliceStore(self.images[indices], labels, [self.names[i] for i in indices])
 
     def batch(self, indices: torch.Tensor, device: torch.device, with_label: bool = True) -> dict[str, torch.Tensor]:
         """A batch on `device`; unlabeled streams are drawn without labels so no method can peek."""
         batch = {"image": host_to_device(self.images[indices], device)}
         if with_label:
+            if self.labels is None:
+                raise ValueError("this slice store holds no labels (the unlabeled stream)")
             batch["label"] = host_to_device(self.labels[indices], device).long()
         return batch
 
 
-def load_slices(info: DatasetInfo, names: list[str], size: int) -> SliceStore:
+def read_slices(info: DatasetInfo, names: list[str], size: int) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """Images (N,1,S,S) and each slice's label (S,S) resized to `size`; a slice of a volume in
+    `mona.json`'s `unlabeled_cases` has no label (None), any other must have one."""
+    unlabeled = set(info.metadata.get("unlabeled_cases") or ())
     images, labels = [], []
     for name in names:
-        image, label = read_h5(info.root / "data" / "slices" / f"{name}.h5", 2, info.num_classes)
+        known = volume_of(name) not in unlabeled
+        image, label = read_h5(info.root / "data" / "slices" / f"{name}.h5", 2, info.num_classes, need_label=known)
         images.append(resize_images(torch.from_numpy(image)[None, None], (size, size))[0])
-        labels.append(resize_labels(torch.from_numpy(label)[None], (size, size))[0])
-    return SliceStore(torch.stack(images), torch.stack(labels), list(names))
+        labels.append(resize_labels(torch.from_numpy(label)[None], (size, size))[0] if known else None)
+    return torch.stack(images), labels
+
+
+def load_slices(info: DatasetInfo, names: list[str], size: int) -> SliceStore:
+    """A store of the named slices; its labels are None unless every slice has one."""
+    images, labels = read_slices(info, names, size)
+    return SliceStore(images, None if None in labels else torch.stack(labels), list(names))
 
 
 @dataclass
 class TrainData:
     labeled: SliceStore
-    unlabeled: SliceStore | None
+    unlabeled: SliceStore | None  # without labels; None when every training slice is in the budget
 
 
 def load_train_data(info: DatasetInfo, labeled: str, size: int) -> TrainData:
+    """The labeled budget and the unlabeled stream of `train_slices.list` (module docstring)."""
     names = read_list(info.root / "train_slices.list")
-    labeled_idx, unlabeled_idx = split_budget(names, labeled)
-    store = load_slices(info, names, size)
-    return TrainData(store.subset(labeled_idx), store.subset(unlabeled_idx) if unlabeled_idx else None)
+    images, labels = read_slices(info, names, size)
+    labeled_idx, unlabeled_idx = split_budget(names, labeled, [label is not None for label in labels])
+    budget = SliceStore(images[labeled_idx], torch.stack([labels[i] for i in labeled_idx]),
+                        [names[i] for i in labeled_idx])
+    rest = SliceStore(images[unlabeled_idx], None, [names[i] for i in unlabeled_idx]) if unlabeled_idx else None
+    return TrainData(budget, rest)
 
 
 @dataclass
@@ -172,9 +203,14 @@ class Volume3D:
 
 
 def load_volumes(info: DatasetInfo, split: str) -> list[Volume3D]:
-    """The val or test volumes named in `<split>.list`, checked."""
+    """The val or test volumes named in `<split>.list`, checked. A dataset prepared with no test
+    cases (too few masks) has no `test.list`: asking for it says so."""
+    path = info.root / f"{split}.list"
+    if not path.is_file() and (info.metadata.get("splits") or {}).get(split) == []:
+        raise MonaError(f"this dataset has no {split} cases (mona.json: too few masks when it was prepared); "
+                        "use the val split, or prepare it again with more labeled cases", path)
     volumes = []
-    for name in read_list(info.root / f"{split}.list"):
+    for name in read_list(path):
         image, label = read_h5(info.root / "data" / f"{name}.h5", 3, info.num_classes)
         volumes.append(Volume3D(name, image, label, info.spacing.get(name)))
     return volumes

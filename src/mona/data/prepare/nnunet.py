@@ -155,9 +155,10 @@ def prepare_partly_labeled(raw: Path, out: Path, *, name: str, classes: list[str
     with_masks = [sources[case][0] for split in ("train", "val", "test") for case in splits[split]]
     axis = largest_spacing_axis(with_masks) if axis is None else axis
     label_map = {value: index for index, value in enumerate(label_values)}
-    meta = DatasetMeta(name, classes, modality, *normalisation, label_map, [labeled] if labeled else [], slicing_axis=axis,
-                       split_source=f"seeded by patient (seed {seed}, val fraction {val_fraction}, test fraction "
-                                    f"{test_fraction}{', plus the labelled imagesTs' if test_sources else ''})",
+    split_source = (f"seeded by patient (seed {seed}, val fraction {val_fraction}, test fraction {test_fraction}"
+                    f"{', plus the labelled imagesTs' if test_sources else ''})")
+    meta = DatasetMeta(name, classes, modality, *normalisation, label_map, [labeled] if labeled else [],
+                       slicing_axis=axis, split_source=split_source,
                        extra={"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
                               "labeled": labeled, "label_values": label_values,
                               **({"unlabeled_source": str(Path(unlabeled).resolve())} if unlabeled else {}),
