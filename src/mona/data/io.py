@@ -97,8 +97,11 @@ def _read_h5(path: Path, labels_only: bool) -> Volume:
 
 
 def _read_nifti(path: Path, labels_only: bool) -> Volume:
+    """A 3D NIfTI; trailing axes of size 1 (x, y, z, 1), which `mona prepare` accepts too, are dropped."""
     img = nib.load(path)
     data = np.asanyarray(img.dataobj)
+    if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
+        data = data.reshape(data.shape[:3])
     _check_3d(data, "volume", path)
     data = np.transpose(data, (2, 1, 0))
     spacing = _as_spacing(img.header.get_zooms()[:3][::-1], path)

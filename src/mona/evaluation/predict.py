@@ -1,8 +1,10 @@
 """Segment new scans with a trained run: its preprocessing replayed, masks written in the input's space.
 
-A NIfTI scan is brought into the array order the network was trained on and normalised as in
-training (`Preprocessing`), predicted slice by slice (`predict_volume`), and its mask is written
-back in the input's own voxel order with its shape, affine and header. An h5 volume (SSL4MIS
+`Predictor.segment(image, affine)` takes a scan as an array in NIfTI voxel order (x, y, z, as
+`nibabel` gives it) with its affine, brings it into the array order the network was trained on,
+normalises it as in training (`Preprocessing`), predicts it slice by slice (`predict_volume`)
+and returns the mask in the input's own array order. `predict_file` is that, between reading a
+file and writing the mask with the input's shape, affine and header. An h5 volume (SSL4MIS
 layout, `image` (D, H, W)) is taken as prepared: already in the training order and normalised,
 as `mona prepare` and the phantom write them.
 
@@ -61,7 +63,11 @@ class Layout:
     perm: tuple[int, int, int] = (2, 1, 0)
 
     def to_model(self, array: np.ndarray) -> np.ndarray:
-        raw = array.transpose(2, 1, 0)
+        """(z, y, x) as `mona.data.io` reads a NIfTI -> the network's (D, H, W)."""
+        return self.from_raw(array.transpose(2, 1, 0))
+
+    def from_raw(self, raw: np.ndarray) -> np.ndarray:
+        """The stored NIfTI order (x, y, z) -> the network's (D, H, W), as `mona prepare` reads it."""
         if self.ornt is not None:
             raw = nib.orientations.apply_orientation(raw, self.ornt)
         return np.ascontiguousarray(raw.transpose(self.perm))
@@ -163,6 +169,35 @@ def inference_amp(requested: bool, device: torch.device) -> bool:
     return requested
 
 
+def scan_affine(affine: np.ndarray | None, spacing=None) -> np.ndarray:
+    """The 4x4 voxel -> world affine of a scan array: `affine`, else diagonal in `spacing` (or 1 mm)."""
+    if affine is None:
+        zooms = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in np.ravel(spacing))
+        if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
+            raise MonaError(f"spacing must be 3 positive numbers, got {zooms}")
+        return np.diag([*zooms, 1.0])
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise MonaError(f"affine must be an invertible 4x4 matrix, got {affine.tolist()}")
+    return affine
+
+
+@dataclass
+class Segmentation:
+    """One predicted scan: the network `image` (D, H, W), its class `probabilities` (C, D, H, W),
+    `labels` (D, H, W) in the network's order, and the `layout` back to the input's order."""
+
+    layout: Layout
+    image: np.ndarray
+    probabilities: torch.Tensor
+    labels: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The labels in the input's own array order (NIfTI x, y, z)."""
+        return np.ascontiguousarray(self.layout.to_raw(self.labels))
+
+
 @dataclass
 class Predictor:
     """A run's network ready to segment, with what it was trained on."""
@@ -184,6 +219,38 @@ class Predictor:
         """(C, D, H, W) class probabilities of a (D, H, W) volume in the network's order."""
         return predict_volume(self.model, image, self.image_size, self.device, amp=self.amp,
                               batch_size=self.batch_size, tta=self.tta)
+
+    def segment(self, image: np.ndarray, affine: np.ndarray | None = None, spacing=None) -> np.ndarray:
+        """The uint8 label mask of a scan, in the scan's own array order.
+
+        `image` is 3D in NIfTI voxel order (x, y, z), raw intensities; `affine` maps its indices
+        to world mm (without one: diagonal in `spacing` along its axes, or 1 mm). The scan is
+        oriented as `mona prepare` read the training volumes (closest RAS from the affine, the
+        slicing axis first, when the run's dataset was reoriented), normalised as they were,
+        predicted, and the mask is put back in the input's order.
+        """
+        return self.segmentation(image, affine, spacing).mask
+
+    def segmentation(self, image: np.ndarray, affine: np.ndarray | None = None, spacing=None) -> Segmentation:
+        """`segment`, keeping the network input, probabilities and layout (for maps and overlays)."""
+        return self.predict_prepared(*self.network_input(image, affine, spacing))
+
+    def network_input(self, image: np.ndarray, affine: np.ndarray | None = None,
+                      spacing=None) -> tuple[np.ndarray, Layout]:
+        """The (D, H, W) array the network gets for a scan (see `segment`), and its `Layout`."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 3:
+            raise MonaError(f"expected a 3D scan, got shape {image.shape}")
+        if not np.isfinite(image).all():
+            raise MonaError("image contains NaN or infinite values")
+        layout = self.preprocessing.layout(scan_affine(affine, spacing))
+        return self.preprocessing.normalise(layout.from_raw(image)), layout
+
+    def predict_prepared(self, image: np.ndarray, layout: Layout = Layout()) -> Segmentation:
+        """Segment a (D, H, W) volume already in the network's order and normalised (an h5 volume)."""
+        probs = self.probabilities(image)
+        return Segmentation(layout, image, probs,
+                            labels_from_probabilities(probs, self.num_classes, self.largest_component))
 
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", amp: bool = False,
@@ -246,15 +313,17 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *,
     volume = read_volume(path)
     if volume.image is None:
         raise MonaError("holds no 'image' to segment (only a 'label')", path)
-    layout = predictor.preprocessing.layout(volume.affine) if ext != ".h5" else Layout()
-    image = layout.to_model(volume.image)
-    if ext != ".h5":
-        image = predictor.preprocessing.normalise(image)
     truth_volume = None if truth is None else _read_truth(Path(truth), volume, predictor.num_classes)
-    probs = predictor.probabilities(image)
-    labels = labels_from_probabilities(probs, predictor.num_classes, predictor.largest_component)
+    if ext == ".h5":
+        found = predictor.predict_prepared(volume.image)
+    else:
+        try:
+            found = predictor.segmentation(volume.image.transpose(2, 1, 0), volume.affine)
+        except MonaError as error:
+            raise MonaError(str(error), path) from None
+    layout, labels = found.layout, found.labels
     result = CaseResult(name, path, output)
-    maps = layout.to_raw(probs.numpy().transpose(1, 2, 3, 0)) if probabilities else None  # (x, y, z, C)
+    maps = layout.to_raw(found.probabilities.numpy().transpose(1, 2, 3, 0)) if probabilities else None  # (x, y, z, C)
     if maps is not None and output.suffix == ".h5":
         _write_h5(output, layout.to_io(labels), maps.transpose(3, 2, 1, 0), volume.spacing)
     else:
@@ -266,7 +335,7 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *,
         result.rows = score_case(layout.to_io(labels), truth_volume.label, predictor.num_classes, spacing, name)
     if overlay:
         spacing = layout.spacing(volume.spacing) if volume.spacing else (1.0, 1.0, 1.0)
-        write_overlay(out_dir / "overlays" / f"{name}.png", image, labels, predictor.num_classes,
+        write_overlay(out_dir / "overlays" / f"{name}.png", found.image, labels, predictor.num_classes,
                       truth=None if truth_volume is None else layout.to_model(truth_volume.label),
                       class_names=predictor.class_names, aspect=spacing[1] / spacing[2], title=name)
     result.seconds = time.perf_counter() - start
