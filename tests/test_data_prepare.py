@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mona.cli import prepare as cli
-from mona.data.prepare import prepare_acdc, prepare_lits, prepare_mmwhs, prepare_nnunet
+from mona.data.prepare import prepare_acdc, prepare_folder, prepare_lits, prepare_mmwhs, prepare_nnunet
 from mona.data.prepare.acdc import split_lists
 from mona.data.prepare.common import derive_volumes, percentile_window, window
 from mona.data.prepare.lits import split_lits
@@ -36,8 +36,9 @@ def save(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
 
 
 def read_h5(path: Path):
+    """image, label (None when the file has none: an unlabeled case) and attrs."""
     with h5py.File(path, "r") as f:
-        return f["image"][()], f["label"][()], dict(f.attrs)
+        return f["image"][()], f["label"][()] if "label" in f else None, dict(f.attrs)
 
 
 def lines(path: Path) -> list[str]:
@@ -50,7 +51,8 @@ def raw_pair(rng, values, shape=SHAPE, low=-1000, high=1000):
 
 def assert_same_voxels(out: Path, case: str, raw_image, raw_label, raw_affine, image_fn, label_fn):
     """Each raw voxel, found in the h5 arrays through the world position both affines give it,
-    holds the normalised raw value and the mapped label: orientation and affine agree."""
+    holds the normalised raw value and the mapped label (none for an unlabeled case, `raw_label`
+    None): orientation and affine agree."""
     image, label, attrs = read_h5(out / "data" / f"{case}.h5")
     meta = json.loads((out / "mona.json").read_text())["cases"][case]
     assert np.allclose(attrs["affine"], meta["affine"]) and np.allclose(attrs["spacing"], meta["spacing"])
@@ -58,7 +60,10 @@ def assert_same_voxels(out: Path, case: str, raw_image, raw_label, raw_affine, i
     world = raw_affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
     dhw = np.rint(np.linalg.inv(np.array(meta["affine"])) @ world)[:3].astype(int)
     assert np.allclose(image[tuple(dhw)], image_fn(raw_image.astype(np.float32))[tuple(ijk)], atol=1e-6)
-    assert np.array_equal(label[tuple(dhw)], label_fn(raw_label)[tuple(ijk)])
+    if raw_label is None:
+        assert label is None
+    else:
+        assert np.array_equal(label[tuple(dhw)], label_fn(raw_label)[tuple(ijk)])
     return image, label, meta
 
 
@@ -208,6 +213,8 @@ def test_acdc_names_ed_es_frames_and_keeps_stored_order(tmp_path):
     meta = json.loads((out / "mona.json").read_text())
     assert meta["cases"]["patient001_frame02"]["spacing"] == pytest.approx([2.5, 0.7, 0.8])
     assert meta["cases"]["patient001_frame02"]["source"] == "patient001_frame12.nii.gz"
+    assert meta["split_source"] == f"SSL4MIS lists ({lists})" and meta["unlabeled_cases"] == []
+    assert meta["splits"]["test"] == ["patient001_frame01", "patient001_frame02"]
     volume = read_h5(out / "data" / "patient003_frame02.h5")[0]
     assert np.array_equal(read_h5(out / "data" / "slices" / "patient003_frame02_slice_1.h5")[0], volume[0])
 
@@ -266,6 +273,19 @@ def test_nnunet_ct_window_from_foreground_and_labelled_test_set(tmp_path):
 # ---- bad input ------------------------------------------------------------------------------------
 
 
+MASK_PROBLEMS = ("shape", "affine", "label values")
+
+
+def break_mask(label: Path, problem: str, value: int) -> None:
+    """Rewrite a mask with another shape, another affine, or every voxel `value`."""
+    if problem == "shape":
+        save(label, np.zeros((6, 5, 3), np.int16))
+    elif problem == "affine":
+        save(label, np.zeros(SHAPE, np.int16), AFFINE @ np.diag([1, 1, 2.0, 1]))
+    else:
+        save(label, np.full(SHAPE, value, np.int16))
+
+
 def broken_lits(raw: Path, problem: str) -> str:
     """Break case 1 of a LiTS tree in one way; return the file name the error must mention."""
     image, label = raw / "batch" / "volume-1.nii", raw / "batch" / "segmentation-1.nii"
@@ -273,12 +293,8 @@ def broken_lits(raw: Path, problem: str) -> str:
         image.write_bytes(b"not a nifti file at all" * 20)
     elif problem == "no label":
         label.unlink()
-    elif problem == "shape":
-        save(label, np.zeros((6, 5, 3), np.int16))
-    elif problem == "affine":
-        save(label, np.zeros(SHAPE, np.int16), AFFINE @ np.diag([1, 1, 2.0, 1]))
-    elif problem == "label values":
-        save(label, np.full(SHAPE, 3, np.int16))
+    elif problem in MASK_PROBLEMS:
+        break_mask(label, problem, 3)
     elif problem == "4D":
         save(image, np.zeros((*SHAPE, 2), np.int16))
     return {"no label": image.name, "4D": image.name, "unreadable": image.name}.get(problem, label.name)
@@ -412,3 +428,184 @@ def test_real_acdc_round_trip_through_official_layout(tmp_path):
         assert np.allclose(read_h5(out / "data" / "slices" / f"{name}.h5")[0],
                            read_h5(shared / "data" / "slices" / f"{name}.h5")[0], atol=1e-5)
     assert lines(out / "train_slices.list") == train_slices
+
+
+# ---- partly labeled data: own folders, nnU-Net cases without labels, partial downloads ---------------
+
+
+def own_folder(root: Path, cases: int = 5, masked=(0, 1, 2), values=(0, 3, 7), seed: int = 6) -> dict:
+    """scanK_0000.nii.gz in root/images for K < cases, masks scanK.nii.gz in root/masks for K in `masked`."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for k in range(cases):
+        image = rng.integers(-500, 1500, SHAPE).astype(np.int16)
+        label = rng.choice(values, SHAPE).astype(np.int16) if k in masked else None
+        save(root / "images" / f"scan{k}_0000.nii.gz", image)
+        if label is not None:
+            save(root / "masks" / f"scan{k}.nii.gz", label)
+        arrays[f"scan{k}"] = (image, label)
+    (root / "masks").mkdir(exist_ok=True)
+    return arrays
+
+
+def test_folder_prepares_scans_with_masks_for_some(tmp_path):
+    arrays = own_folder(tmp_path / "raw")
+    more = {f"extra{k}": np.random.default_rng(k).integers(0, 900, SHAPE).astype(np.int16) for k in range(2)}
+    for name, image in more.items():
+        save(tmp_path / "more" / "series" / f"{name}.nii", image)
+    logged = []
+    out = prepare_folder(tmp_path / "raw" / "images", tmp_path / "raw" / "masks", tmp_path / "out",
+                         unlabeled=tmp_path / "more", seed=1, test_fraction=0, log=logged.append)
+    meta = json.loads((out / "mona.json").read_text())
+    assert meta["labeled_cases"] == ["scan0", "scan1", "scan2"]
+    assert meta["unlabeled_cases"] == ["extra0", "extra1", "scan3", "scan4"]
+    assert meta["splits"] == {**split_cases(meta["labeled_cases"], 1, 0.1, 0), "test": []}
+    assert meta["split_source"].startswith("seeded by patient (seed 1, val fraction 0.1, test fraction 0")
+    assert (meta["classes"], meta["label_values"]) == (["background", "class 3", "class 7"], [0, 3, 7])
+    # labeled training cases first (the budget), then the unlabeled; never in val; no test split
+    assert lines(out / "train.list") == meta["splits"]["train"] + meta["unlabeled_cases"]
+    training = lines(out / "train.list")
+    assert lines(out / "train_slices.list") == [f"{case}_slice_{i}" for case in training for i in range(1, 5)]
+    assert lines(out / "val.list") == meta["splits"]["val"] and not (out / "test.list").exists()
+    with h5py.File(out / "data" / "slices" / "extra1_slice_2.h5") as f:
+        assert set(f) == {"image"}
+    with h5py.File(out / "data" / "slices" / f"{meta['splits']['train'][0]}_slice_2.h5") as f:
+        assert set(f) == {"image", "label"}
+    # unlabeled scans are oriented, sliced and normalised exactly as the labeled ones
+    assert_same_voxels(out, "extra1", more["extra1"], None, AFFINE, percentile_window, None)
+    assert_same_voxels(out, "scan3", arrays["scan3"][0], None, AFFINE, percentile_window, None)
+    assert_same_voxels(out, "scan0", *arrays["scan0"], AFFINE, percentile_window, np.vectorize({0: 0, 3: 1, 7: 2}.get))
+    assert logged[:4] == ["labeled cases: 3 (train 2, val 1, test 0); unlabeled cases: 4 (training only)",
+                          f"val: {meta['splits']['val'][0]}", "test: none", f"split: {meta['split_source']}"]
+
+
+def test_folder_classes_option_names_the_mask_values(tmp_path):
+    own_folder(tmp_path / "raw", cases=3, values=(0, 1, 2))
+    out = prepare_folder(tmp_path / "raw" / "images", tmp_path / "raw" / "masks", tmp_path / "out",
+                         classes=["background", "liver", "tumour"], modality="CT", hu_window=(-100, 200))
+    meta = json.loads((out / "mona.json").read_text())
+    assert (meta["classes"], meta["label_values"], meta["modality"]) == (["background", "liver", "tumour"],
+                                                                        [0, 1, 2], "CT")
+    assert meta["normalisation"] == "window [-100, 200] -> [0, 1]" and meta["unlabeled_cases"] == []
+
+
+def test_nnunet_keeps_cases_without_labels_and_takes_more_unlabeled(tmp_path):
+    ds = tmp_path / "ds"
+    affine = np.diag([4.0, 1.0, 1.2, 1.0])
+    arrays = nnunet_tree(ds, "CT", {"background": 0, "organ": 1}, affine, cases=5, test_cases=2)
+    for name in ("toyTr_003", "toyTr_004"):
+        (ds / "labelsTr" / f"{name}.nii.gz").unlink()
+    for path in (ds / "labelsTs").iterdir():
+        path.unlink()
+    (ds / "labelsTs").rmdir()
+    extreme = arrays["toyTs_000"][0] * 50  # an unlabeled scan must not move the CT window
+    save(ds / "imagesTs" / "toyTs_000_0000.nii.gz", extreme, affine)
+    logged = []
+    out = prepare_nnunet(ds, tmp_path / "out", unlabeled=ds / "imagesTs", test_fraction=0, log=logged.append)
+    meta = json.loads((out / "mona.json").read_text())
+    assert meta["unlabeled_cases"] == ["toyTr_003", "toyTr_004", "toyTs_000", "toyTs_001"]
+    assert meta["labeled_cases"] == ["toyTr_000", "toyTr_001", "toyTr_002"]
+    assert (len(meta["splits"]["train"]), len(meta["splits"]["val"]), meta["splits"]["test"]) == (2, 1, [])
+    foreground = np.concatenate([arrays[n][0][arrays[n][1] != 0] for n in meta["splits"]["train"]])
+    low, high = (float(f"{v:g}") for v in np.percentile(foreground.astype(np.float32), (0.5, 99.5)))
+    assert meta["normalisation"] == f"window [{low:g}, {high:g}] -> [0, 1]"
+    image, _, _ = assert_same_voxels(out, "toyTs_000", extreme, None, affine, lambda x: window(x, low, high), None)
+    assert image.shape == (6, 4, 5) and meta["slicing_axis"] == 0
+    assert logged[0] == "labeled cases: 3 (train 2, val 1, test 0); unlabeled cases: 4 (training only)"
+    with pytest.raises(MonaError, match="toyTr_000 is also in"):
+        prepare_nnunet(ds, tmp_path / "twice", unlabeled=ds / "imagesTr")
+
+
+@pytest.mark.parametrize("prepare", ["folder", "nnunet"])
+def test_fewer_than_two_masks_is_one_clear_error(tmp_path, prepare):
+    if prepare == "folder":
+        own_folder(tmp_path / "raw", cases=3, masked=(1,))
+        call = (prepare_folder, tmp_path / "raw" / "images", tmp_path / "raw" / "masks")
+    else:
+        nnunet_tree(tmp_path / "raw", "T2", {"background": 0, "x": 1}, cases=3)
+        for name in ("toyTr_000", "toyTr_001"):
+            (tmp_path / "raw" / "labelsTr" / f"{name}.nii.gz").unlink()
+        call = (prepare_nnunet, tmp_path / "raw")
+    with pytest.raises(MonaError, match=r"1 labeled case\(s\).*at least two masks are needed, one to train and one"):
+        call[0](*call[1:], tmp_path / "out")
+    assert no_leftovers(tmp_path / "out")
+
+
+def broken_folder(root: Path, problem: str) -> tuple[str, dict]:
+    """Break a 3-mask folder in one way; the file name the error must name and prepare's options."""
+    own_folder(root, cases=4, values=(0, 1, 2))
+    mask, options = root / "masks" / "scan1.nii.gz", {}
+    if problem in MASK_PROBLEMS:  # label values: 2, beyond the two --classes
+        break_mask(mask, problem, 2)
+        options = {"classes": ["background", "organ"]}
+    elif problem == "fractional mask":
+        save(mask, np.full(SHAPE, 0.5, np.float32))
+    elif problem == "mask without scan":
+        mask = save(root / "masks" / "ghost.nii.gz", np.zeros(SHAPE, np.int16))
+    elif problem == "unreadable unlabeled scan":
+        mask = root / "more" / "broken.nii.gz"
+        mask.parent.mkdir()
+        mask.write_bytes(b"\x1f\x8b not really gzip" * 10)
+        options = {"unlabeled": root / "more"}
+    return mask.name, options
+
+
+@pytest.mark.parametrize("problem", [*MASK_PROBLEMS, "fractional mask", "mask without scan",
+                                     "unreadable unlabeled scan"])
+def test_bad_own_data_is_one_error_naming_the_file_and_leaves_nothing(tmp_path, problem):
+    name, options = broken_folder(tmp_path / "raw", problem)
+    with pytest.raises(MonaError, match=name.replace(".", r"\.")) as info:
+        prepare_folder(tmp_path / "raw" / "images", tmp_path / "raw" / "masks", tmp_path / "out", **options)
+    assert "\n" not in str(info.value)
+    assert no_leftovers(tmp_path / "out")
+
+
+def test_nnunet_mask_value_not_in_dataset_json_names_the_file(tmp_path):
+    nnunet_tree(tmp_path / "ds", "T2", {"background": 0, "x": 1}, cases=3)
+    save(tmp_path / "ds" / "labelsTr" / "toyTr_001.nii.gz", np.full(SHAPE, 4, np.int16), np.diag([4.0, 1.0, 1.2, 1.0]))
+    with pytest.raises(MonaError, match=r"toyTr_001\.nii\.gz: label values \[4\] are not declared"):
+        prepare_nnunet(tmp_path / "ds", tmp_path / "out")
+    assert no_leftovers(tmp_path / "out")
+
+
+def test_partial_lits_and_mmwhs_fall_back_to_a_seeded_split(tmp_path):
+    lits_tree(tmp_path / "lits", numbers=(0, 1, 2, 5))  # all four in the paper's training range
+    logged = []
+    out = prepare_lits(tmp_path / "lits", tmp_path / "lits_out", log=logged.append)
+    meta = json.loads((out / "mona.json").read_text())
+    names = ["lits_000", "lits_001", "lits_002", "lits_005"]
+    assert meta["splits"] == split_cases(names, 0, 0.1, 0.2)
+    assert [len(meta["splits"][s]) for s in ("train", "val", "test")] == [2, 1, 1]
+    assert meta["split_source"].startswith("seeded fallback: the paper's LiTS split leaves val and test empty")
+    assert f"split: {meta['split_source']}" in logged
+    assert lines(out / "test.list") == meta["splits"]["test"]
+    for n in (1001, 1003):  # 1001 is a test volume; no training or validation volume at all
+        save(tmp_path / "mmwhs" / f"ct_train_{n}_image.nii.gz", np.zeros(SHAPE, np.int16))
+        save(tmp_path / "mmwhs" / f"ct_train_{n}_label.nii.gz", np.full(SHAPE, 500, np.int16))
+    out = prepare_mmwhs(tmp_path / "mmwhs", tmp_path / "mmwhs_out")
+    meta = json.loads((out / "mona.json").read_text())
+    assert meta["split_source"].startswith("seeded fallback: the paper's MMWHS split leaves val empty")
+    assert [len(meta["splits"][s]) for s in ("train", "val", "test")] == [1, 1, 0] and not (out / "test.list").exists()
+    lits_tree(tmp_path / "one", numbers=(3,))
+    with pytest.raises(MonaError, match="at least two masks"):
+        prepare_lits(tmp_path / "one", tmp_path / "one_out")
+    lits_tree(tmp_path / "lits_full")  # train, val and test all present: the paper's split
+    complete = prepare_lits(tmp_path / "lits_full", tmp_path / "full_out")
+    assert json.loads((complete / "mona.json").read_text())["split_source"] == "the paper's LiTS split"
+
+
+def test_cli_prepares_a_folder_and_prints_the_split(tmp_path, capsys):
+    own_folder(tmp_path / "raw", cases=4, values=(0, 1))
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["folder", "--images", str(tmp_path / "raw" / "images"), "--masks",
+                              str(tmp_path / "raw" / "masks"), str(tmp_path / "out"), "--classes", "background",
+                              "lesion", "--seed", "2", "--test-fraction", "0"])
+    assert cli.run(args) == 0
+    captured = capsys.readouterr()
+    assert "labeled cases: 3 (train 2, val 1, test 0); unlabeled cases: 1 (training only)" in captured.err
+    assert f"prepared folder in {tmp_path / 'out'}" in captured.out
+    assert json.loads((tmp_path / "out" / "mona.json").read_text())["classes"] == ["background", "lesion"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["folder", "--help"])
+    assert "case_0000.nii.gz" in capsys.readouterr().out

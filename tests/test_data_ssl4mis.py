@@ -5,11 +5,14 @@ import shutil
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
+from mona.augment.weak import resize_images
 from mona.data.phantom import write_phantom
+from mona.data.prepare import prepare_folder
 from mona.data.ssl4mis import (
     dataset_info,
     load_slices,
@@ -77,6 +80,72 @@ def test_budget_on_a_toy_list():
     names = ["b_frame01_slice_0", "b_frame02_slice_1", "a_frame01_slice_0", "b_frame01_slice_2", "c_frame01_slice_0"]
     assert split_budget(names, "1") == ([0, 1, 3], [2, 4])
     assert split_budget(names, "2") == ([0, 1, 2, 3], [4])
+
+
+def test_budget_counts_patients_with_labels():
+    names = ["b_slice_1", "b_slice_2", "u_slice_1", "a_slice_1", "c_slice_1"]
+    has_label = [True, True, False, True, True]
+    assert split_budget(names, "1", has_label) == ([0, 1], [2, 3, 4])
+    assert split_budget(names, "2", has_label) == ([0, 1, 3], [2, 4])
+    assert split_budget(names, "all", has_label) == ([0, 1, 3, 4], [2])  # every slice with a label
+    with pytest.raises(MonaError, match="asked for 4 labeled patients but the training list has 3 patients with"):
+        split_budget(names, "4", has_label)
+    # a patient with a labeled and an unlabeled frame: only the labeled slices are in the budget
+    frames = ["p1_frame01_slice_1", "p1_frame02_slice_1", "p2_frame01_slice_1"]
+    assert split_budget(frames, "1", [True, False, True]) == ([0], [1, 2])
+    with pytest.raises(MonaError, match="no labeled slices"):
+        split_budget(["u_slice_1"], "all", [False])
+
+
+@pytest.fixture(scope="module")
+def partly_labeled(tmp_path_factory):
+    """A prepared own folder: 3 masks (2 training patients, 1 val, no test) and 3 scans without."""
+    tmp = tmp_path_factory.mktemp("partly")
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        (tmp / "scans").mkdir(exist_ok=True)
+        (tmp / "masks").mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(rng.integers(0, 500, (10, 8, 3)).astype(np.int16), np.diag([1, 1, 3.0, 1])),
+                 tmp / "scans" / f"case{k}.nii.gz")
+        if k < 3:
+            nib.save(nib.Nifti1Image(rng.integers(0, 3, (10, 8, 3)).astype(np.uint8), np.diag([1, 1, 3.0, 1])),
+                     tmp / "masks" / f"case{k}.nii.gz")
+    return prepare_folder(tmp / "scans", tmp / "masks", tmp / "ds", seed=0, test_fraction=0)
+
+
+def slices_of(cases):
+    return [f"{case}_slice_{i}" for case in cases for i in (1, 2, 3)]
+
+
+def test_partly_labeled_streams(partly_labeled):
+    info = dataset_info(partly_labeled)
+    train, unlabeled = info.metadata["splits"]["train"], info.metadata["unlabeled_cases"]
+    assert (len(train), unlabeled) == (2, ["case3", "case4", "case5"])
+    everything = load_train_data(info, "all", 8)
+    assert everything.labeled.names == slices_of(train) and everything.labeled.labels.shape == (6, 8, 8)
+    assert everything.unlabeled.names == slices_of(unlabeled) and everything.unlabeled.labels is None
+    one = load_train_data(info, "1", 8)
+    assert one.labeled.names == slices_of(train[:1])
+    assert one.unlabeled.names == slices_of(train[1:] + unlabeled)  # labels hidden, list order
+    assert one.unlabeled.images.shape == (12, 1, 8, 8)
+    with h5py.File(partly_labeled / "data" / "slices" / "case5_slice_2.h5") as f:
+        assert "label" not in f  # the store row is that image, resized (8 x 10 -> 8 x 8)
+        expected = resize_images(torch.from_numpy(f["image"][()])[None, None], (8, 8))[0]
+    assert torch.equal(one.unlabeled.images[-2], expected)
+    assert set(one.unlabeled.batch(torch.tensor([0, 11]), torch.device("cpu"), with_label=False)) == {"image"}
+    with pytest.raises(ValueError, match="no labels"):
+        one.unlabeled.batch(torch.tensor([0]), torch.device("cpu"))
+    with pytest.raises(MonaError, match="asked for 3 labeled patients but the training list has 2 patients"):
+        load_train_data(info, "3", 8)
+
+
+def test_no_test_split_is_explained(partly_labeled):
+    info = dataset_info(partly_labeled)
+    with pytest.raises(MonaError, match="this dataset has no test cases") as error:
+        load_volumes(info, "test")
+    assert error.value.path == str(partly_labeled / "test.list")
+    [val] = load_volumes(info, "val")
+    assert val.name == info.metadata["splits"]["val"][0] and val.label.shape == val.image.shape
 
 
 def test_phantom_info(phantom):
