@@ -1,6 +1,8 @@
 """Shared test fixtures."""
 
 import contextlib
+import os
+import signal
 
 import pytest
 import torch
@@ -19,19 +21,22 @@ def one_thread():
 
 @pytest.fixture
 def interrupt_at():
-    """`with interrupt_at(MethodClass, iterations, stop) as calls:` makes the method's training step
-    raise KeyboardInterrupt (a Ctrl-C) when it is called for iteration `stop` of `iterations`;
-    `calls` lists the iterations it was called for. The step is restored on leaving the block."""
+    """`with interrupt_at(MethodClass, iterations, stop) as calls:` presses Ctrl-C (sends this process
+    SIGINT) while the method's training step runs for iteration `stop` of `iterations`; with
+    `at_once=True` it raises KeyboardInterrupt there instead, as a second Ctrl-C does. `calls` lists the
+    iterations the step was called for. The step is restored on leaving the block."""
 
     @contextlib.contextmanager
-    def patch(method_class, iterations, stop):
+    def patch(method_class, iterations, stop, at_once=False):
         original = method_class.training_step
         calls = []
 
         def interrupted_step(self, labeled, unlabeled, progress, generator):
             calls.append(round(progress * iterations))
             if calls[-1] == stop:
-                raise KeyboardInterrupt
+                if at_once:
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)
             return original(self, labeled, unlabeled, progress, generator)
 
         with pytest.MonkeyPatch.context() as monkeypatch:

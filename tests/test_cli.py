@@ -2,7 +2,6 @@
 `mona evaluate RUN_DIR` on a tiny run, and a tiny `mona demo`."""
 
 import json
-from contextlib import nullcontext
 
 import pytest
 import torch
@@ -131,11 +130,11 @@ def test_evaluate_largest_component_writes_its_own_folder(tiny_run, capsys):
 
 def test_demo(tmp_path, capsys):
     out = tmp_path / "demo"
-    # the demo preset asks for bf16 autocast, switched off with a warning on CPUs without native bf16
-    with nullcontext() if fast_bf16(torch.device("cpu")) else pytest.warns(UserWarning, match="bf16"):
-        code = main(["demo", "--out", str(out), "--iterations", "4", "--patients", "4", "--no-progress"])
+    code = main(["demo", "--out", str(out), "--iterations", "4", "--patients", "4", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
+    # the demo preset asks for bf16 autocast, switched off with a note on CPUs without native bf16
+    assert ("no native bf16" in printed) is not fast_bf16(torch.device("cpu"))
     table = printed[printed.index("test volumes:"):].splitlines()
     assert table[1].split()[:2] == ["method", "Dice"]
     assert table[2].split()[0] == "supervised" and table[3].split()[0] == "mean_teacher"

@@ -14,8 +14,10 @@ from mona.config import load_config
 from mona.data.phantom import write_phantom
 from mona.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from mona.engine.run import load_run_model, resume_config, train
-from mona.engine.schedule import ema_momentum, ema_update, poly_lr, sigmoid_rampup
-from mona.errors import MonaError
+from mona.engine.schedule import ema_momentum, ema_update, poly_lr
+from mona.methods.base import sigmoid_rampup
+from mona.engine import trainer as trainer_module
+from mona.errors import MonaError, RunInterrupted
 from mona.methods.mean_teacher import MeanTeacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -139,6 +141,21 @@ def test_bad_checkpoints_are_mona_errors(tmp_path):
         load_checkpoint(foreign)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "objects"])
+def test_checkpoint_errors_do_not_relay_torch_advice(tmp_path, damage):
+    path = tmp_path / "last.pt"
+    if damage == "truncated":
+        save_checkpoint(path, {"method": {"w": torch.zeros(1000)}, "iteration": 3})
+        path.write_bytes(path.read_bytes()[:700])
+    else:
+        torch.save({"format": 1, "method": {}, "when": __import__("datetime").date.today()}, path)
+    with pytest.raises(MonaError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: cannot read checkpoint: ") and "weights_only=False" not in message
+    assert message.endswith(")") or message.endswith("checkpoint")
+
+
 def test_load_weights_reports_mismatch(tmp_path):
     small, big = nn.Linear(3, 4), nn.Linear(3, 5)
     with pytest.raises(MonaError, match="weight has shape") as info:
@@ -187,12 +204,13 @@ def test_run_folder_and_checkpoints(supervised_run):
 
 def test_incompatible_checkpoint_is_a_mona_error(supervised_run, tmp_path):
     out = Path(shutil.copytree(supervised_run[0], tmp_path / "run"))
-    config = resume_config(out, ["data.num_classes=5"])
+    state = torch.load(out / "last.pt", weights_only=True)
+    state["method"] = {k: v[:2] if k == "model.head.weight" else v for k, v in state["method"].items()}
+    state["iteration"] = 10
+    save_checkpoint(out / "last.pt", state)
     with pytest.raises(MonaError, match="does not fit") as info:
-        train(config, resume=True)
+        train(resume_config(out), resume=True)
     assert info.value.path == str(out / "last.pt")
-    # a resume that failed leaves the run's config as it was
-    assert resume_config(out).data.num_classes == 0
 
 
 def test_resume_without_a_run_folder(tmp_path):
@@ -204,32 +222,86 @@ def final_state(run_dir):
     return torch.load(Path(run_dir) / "last.pt", weights_only=True)
 
 
-def test_resume_equals_uninterrupted(phantom, tmp_path, interrupt_at):
-    common = ("method=mean_teacher", "train.iterations=6", "train.val_every=3", "train.log_every=1")
-    straight = tmp_path / "straight"
-    train(make_config(phantom, straight, *common))
-
-    interrupted = tmp_path / "interrupted"
-    with interrupt_at(MeanTeacher, 6, 4) as calls, pytest.raises(MonaError, match="interrupted"):
-        train(make_config(phantom, interrupted, *common))
-    assert calls == [0, 1, 2, 3, 4]
-    assert final_state(interrupted)["iteration"] == 3
-    assert [r["iteration"] for r in read_log(interrupted)] == [1, 2, 3, 4]  # 4 was logged after the checkpoint
-
-    train(resume_config(interrupted), resume=True)
-    a, b = final_state(straight), final_state(interrupted)
-    assert a["iteration"] == b["iteration"] == 6
+def assert_same_training(a, b):
+    assert a["iteration"] == b["iteration"]
     assert a["method"].keys() == b["method"].keys()
-    assert any(k.startswith("teacher.") for k in a["method"])
     for key in a["method"]:
         assert torch.equal(a["method"][key], b["method"][key]), key
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     assert a["metrics"]["best"] == b["metrics"]["best"]
-    # the log of the resumed run: lines after the checkpoint were dropped, then written again
-    log_a, log_b = read_log(straight), read_log(interrupted)
+
+
+@pytest.fixture(scope="module")
+def straight_mean_teacher(phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(make_config(phantom, out, *MEAN_TEACHER_RUN))
+    return out
+
+
+MEAN_TEACHER_RUN = ("method=mean_teacher", "train.iterations=6", "train.val_every=3", "train.log_every=1")
+
+
+def test_ctrl_c_saves_the_step_and_resume_equals_uninterrupted(phantom, tmp_path, interrupt_at,
+                                                                straight_mean_teacher):
+    interrupted = tmp_path / "interrupted"
+    with interrupt_at(MeanTeacher, 6, 4) as calls, pytest.raises(RunInterrupted, match="stopped at iteration 5") as info:
+        train(make_config(phantom, interrupted, *MEAN_TEACHER_RUN))
+    assert calls == [0, 1, 2, 3, 4]  # the step under way when Ctrl-C came is finished, then saved
+    assert info.value.exit_code == 130 and f"mona train --resume {interrupted}" in str(info.value)
+    assert final_state(interrupted)["iteration"] == 5
+    assert not (interrupted / ".lock").exists()
+
+    train(resume_config(interrupted), resume=True)
+    a, b = final_state(straight_mean_teacher), final_state(interrupted)
+    assert a["iteration"] == 6 and any(k.startswith("teacher.") for k in a["method"])
+    assert_same_training(a, b)
+    log_a, log_b = read_log(straight_mean_teacher), read_log(interrupted)
     assert [r["iteration"] for r in log_b] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    assert "resumed at iteration 5/6" in (interrupted / "train.log").read_text()
+
+
+def test_second_ctrl_c_keeps_the_last_checkpoint_and_resume_still_equals(phantom, tmp_path, interrupt_at,
+                                                                          straight_mean_teacher):
+    interrupted = tmp_path / "interrupted"
+    with interrupt_at(MeanTeacher, 6, 4, at_once=True), pytest.raises(RunInterrupted, match="from iteration 3"):
+        train(make_config(phantom, interrupted, *MEAN_TEACHER_RUN))
+    assert final_state(interrupted)["iteration"] == 3
+    assert [r["iteration"] for r in read_log(interrupted)] == [1, 2, 3, 4]  # 4 was logged after the checkpoint
+    train(resume_config(interrupted), resume=True)
+    assert_same_training(final_state(straight_mean_teacher), final_state(interrupted))
+    assert [r["iteration"] for r in read_log(interrupted)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_ctrl_c_before_any_checkpoint_says_to_start_again(phantom, tmp_path, interrupt_at):
+    out = tmp_path / "run"
+    with interrupt_at(MeanTeacher, 6, 1, at_once=True), pytest.raises(RunInterrupted, match="--overwrite"):
+        train(make_config(phantom, out, *MEAN_TEACHER_RUN))
+    assert not (out / "last.pt").exists()
+
+
+def test_checkpoint_every_saves_between_validations(phantom, tmp_path):
+    out = tmp_path / "run"
+    saved = []
+    real_save = trainer_module.save_checkpoint
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer_module, "save_checkpoint", lambda path, state: saved.append(
+            (path.name, state["iteration"])) or real_save(path, state))
+        train(make_config(phantom, out, "method=supervised", "train.iterations=4", "train.val_every=4",
+                          "train.checkpoint_every=0"))
+    assert saved == [("last.pt", 1), ("last.pt", 2), ("last.pt", 3), ("best.pt", 4), ("last.pt", 4)]
+
+
+def test_torn_last_log_line_is_dropped_on_resume(phantom, tmp_path, interrupt_at, capsys):
+    out = tmp_path / "run"
+    with interrupt_at(MeanTeacher, 6, 3), pytest.raises(RunInterrupted):
+        train(make_config(phantom, out, *MEAN_TEACHER_RUN))
+    with open(out / "metrics.jsonl", "a") as handle:
+        handle.write('{"iteration": 5, "split": "tr')  # kill -9 in the middle of an append
+    train(resume_config(out), resume=True)
+    assert [r["iteration"] for r in read_log(out)] == [1, 2, 3, 4, 5, 6]
+    assert "dropped a torn last line" in capsys.readouterr().out
 
 
 def test_bf16_training_runs_in_bf16_and_learns(phantom, tmp_path, monkeypatch):

@@ -51,9 +51,9 @@ def grid_run(tmp_path_factory):
             interrupt[0] = False
             raise RuntimeError("interrupted")
 
-    def counting_train(config, resume=False):
+    def counting_train(config, resume=False, overwrite=False):
         passes[-1].append((config.out.split("/")[-1], resume))
-        return real_train(config, resume)
+        return real_train(config, resume, overwrite)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(grid, "train", counting_train)

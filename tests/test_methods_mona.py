@@ -9,7 +9,7 @@ import torch
 from mona.config import load_config
 from mona.data.phantom import write_phantom
 from mona.engine.run import evaluate_run, resume_config, train
-from mona.errors import MonaError
+from mona.errors import MonaError, RunInterrupted
 from mona.methods.mona import MonaFinetune, MonaPretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,22 +91,40 @@ def test_switches_remove_their_losses(phantom, tmp_path):
     assert not (run / "pretrain").exists()
 
 
-def test_resume_equals_uninterrupted(phantom, tmp_path, interrupt_at):
-    common = ("mona.pretrain_iterations=2", "train.iterations=4", "train.val_every=2")
-    straight = tmp_path / "straight"
-    train(make_config(phantom, straight, *common))
+@pytest.fixture(scope="module")
+def straight_mona(phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(make_config(phantom, out, *TWO_STAGES))
+    return out
 
-    interrupted = tmp_path / "interrupted"
-    with interrupt_at(MonaFinetune, 4, 3) as calls, pytest.raises(MonaError, match="interrupted"):
-        train(make_config(phantom, interrupted, *common))
-    assert calls == [0, 1, 2, 3]
-    train(resume_config(interrupted), resume=True)
-    a = torch.load(straight / "finetune" / "last.pt", weights_only=True)
-    b = torch.load(interrupted / "finetune" / "last.pt", weights_only=True)
+
+TWO_STAGES = ("mona.pretrain_iterations=2", "train.iterations=4", "train.val_every=2")
+
+
+def assert_same_finetune(a_dir, b_dir):
+    a = torch.load(a_dir / "finetune" / "last.pt", weights_only=True)
+    b = torch.load(b_dir / "finetune" / "last.pt", weights_only=True)
     assert a["iteration"] == b["iteration"] == 4
     assert any("negative_bank" in k for k in a["method"]) and any("nn_bank" in k for k in a["method"])
     for key in a["method"]:
         assert torch.equal(a["method"][key], b["method"][key]), key
+
+
+@pytest.mark.parametrize("method_class, stop, at_once", [
+    (MonaFinetune, 3, False),  # Ctrl-C inside stage 2
+    (MonaPretrain, 1, False),  # Ctrl-C in stage 1's last step: stage 1 saved as finished, stage 2 not begun
+    (MonaFinetune, 0, True),  # a hard stop in stage 2's first step: stage 2 restarts from stage 1's student
+])
+def test_resume_equals_uninterrupted_across_stages(phantom, tmp_path, interrupt_at, straight_mona, method_class,
+                                                   stop, at_once):
+    interrupted = tmp_path / "interrupted"
+    with interrupt_at(method_class, 4 if method_class is MonaFinetune else 2, stop, at_once), \
+            pytest.raises(RunInterrupted) as info:
+        train(make_config(phantom, interrupted, *TWO_STAGES))
+    assert str(info.value).endswith(f"Continue with: mona train --resume {interrupted}")
+    train(resume_config(interrupted / "pretrain"), resume=True)  # a stage folder maps to its run
+    assert not (interrupted / "pretrain" / "pretrain").exists()
+    assert_same_finetune(straight_mona, interrupted)
 
 
 def test_pretrain_queues_fill_in_fifo_order(phantom):
@@ -128,7 +146,7 @@ def test_pretrain_queues_fill_in_fifo_order(phantom):
 @pytest.mark.parametrize("progress", [0.0, 0.1, 0.5])
 def test_rampup_scales_only_the_unlabeled_losses(progress):
     from mona.config import MonaConfig
-    from mona.engine.schedule import sigmoid_rampup
+    from mona.methods.base import sigmoid_rampup
 
     config = MonaConfig(rampup=0.2, num_queries=8, num_negatives=8, bank_size=64, background_bank_size=64,
                         confidence_threshold=0.0, eqv_confidence=0.0)

@@ -21,7 +21,7 @@ from mona.errors import MonaError
 @dataclass
 class DataConfig:
     root: str = ""
-    labeled: str = "7"  # labeled patients, first N in train_slices.list order, or "all"
+    labeled: str = "all"  # labeled patients: the first N labeled ones in train_slices.list order, or "all"
     image_size: int = 256  # slices are resized to image_size x image_size for the network
     batch_labeled: int = 12
     batch_unlabeled: int = 12
@@ -33,7 +33,7 @@ class OptimConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    nesterov: bool = False
+    nesterov: bool = False  # one-stage methods (MONA's stage 2 always uses Nesterov momentum, as the spec says)
     poly_power: float = 0.9
 
 
@@ -42,6 +42,7 @@ class TrainConfig:
     iterations: int = 30000
     val_every: int = 200
     log_every: int = 20
+    checkpoint_every: float = 300.0  # seconds of training between saves of last.pt besides each validation
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bf16 autocast (CPU and CUDA)
@@ -200,22 +201,75 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return config
 
 
+# (low, high) bounds of numeric keys, inclusive; None = unbounded. Checked when a config is
+# resolved, before any folder is made, so a bad value costs nothing.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "data.image_size": (16, 4096), "data.batch_labeled": (1, None), "data.batch_unlabeled": (1, None),
+    "data.num_classes": (0, 255),
+    "optim.lr": (1e-12, 10), "optim.momentum": (0, 0.999999), "optim.weight_decay": (0, 1),
+    "optim.poly_power": (0, 10),
+    "train.iterations": (1, None), "train.val_every": (1, None), "train.log_every": (1, None),
+    "train.checkpoint_every": (0, None), "train.seed": (0, 2**31 - 1),
+    "mean_teacher.ema": (0, 1), "mean_teacher.consistency": (0, None), "mean_teacher.rampup": (0, 1),
+    "mean_teacher.noise": (0, None),
+    "mona.pretrain_iterations": (0, None), "mona.pretrain_batch_labeled": (1, None),
+    "mona.pretrain_batch_unlabeled": (1, None), "mona.finetune_batch_labeled": (1, None),
+    "mona.finetune_batch_unlabeled": (1, None), "mona.ema": (0, 1), "mona.queue_size": (1, None),
+    "mona.tau_student": (1e-6, None), "mona.tau_teacher": (1e-6, None), "mona.global_weight": (0, None),
+    "mona.local_weight": (0, None), "mona.patch_size": (1, None), "mona.patch_stride": (1, None),
+    "mona.contrast_weight": (0, None), "mona.unsup_weight": (0, None), "mona.eqv_weight": (0, None),
+    "mona.nn_weight": (0, None), "mona.rampup": (0, 1), "mona.confidence_threshold": (0, 1),
+    "mona.eqv_confidence": (0, 1), "mona.num_queries": (1, None), "mona.num_negatives": (1, None),
+    "mona.contrast_temperature": (1e-6, None), "mona.bank_size": (1, None), "mona.background_bank_size": (1, None),
+    "mona.embed_dim": (1, None), "mona.representation_stride": (1, 16), "mona.nn_bank_size": (1, None),
+    "mona.nn_topk": (1, None),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.device": ("auto", "cpu", "cuda"), "train.amp_dtype": ("bf16", "fp16"),
+    "mona.stage": ("both", "pretrain", "finetune"), "mona.eqv_pixels": ("foreground", "confident"),
+}
+
+
+def _value(config: Config, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _bounds(low: float | None, high: float | None) -> str:
+    if high is None:
+        return f">= {low:g}"
+    return f"in [{low:g}, {high:g}]"
+
+
 def validate(config: Config) -> None:
-    if config.method not in ("supervised", "mean_teacher", "mona"):
-        raise MonaError(f"unknown method {config.method!r} (supervised, mean_teacher, mona)")
-    if config.train.device not in ("auto", "cpu", "cuda"):
-        raise MonaError(f"train.device must be auto, cpu or cuda, not {config.train.device!r}")
-    if config.train.amp_dtype not in ("bf16", "fp16"):
-        raise MonaError(f"train.amp_dtype must be bf16 or fp16, not {config.train.amp_dtype!r}")
-    if config.mona.stage not in ("both", "pretrain", "finetune"):
-        raise MonaError(f"mona.stage must be both, pretrain or finetune, not {config.mona.stage!r}")
-    if config.mona.eqv_pixels not in ("foreground", "confident"):
-        raise MonaError(f"mona.eqv_pixels must be foreground or confident, not {config.mona.eqv_pixels!r}")
+    """Every value against its range or choices: one error naming the key, the value and what is allowed."""
+    from mona.methods import METHODS  # the registry; it imports no method module until one is built
+
+    if config.method not in METHODS:
+        raise MonaError(f"unknown method {config.method!r} ({', '.join(METHODS)})")
+    for key, allowed in CHOICES.items():
+        if _value(config, key) not in allowed:
+            raise MonaError(f"{key} must be one of {', '.join(allowed)}, not {_value(config, key)!r}")
+    for key, (low, high) in RANGES.items():
+        value = _value(config, key)
+        if not (low is None or value >= low) or not (high is None or value <= high):
+            raise MonaError(f"{key}={value!r} is out of range: it must be {_bounds(low, high)}")
     labeled = config.data.labeled
     if labeled != "all" and not (labeled.isdigit() and int(labeled) > 0):
         raise MonaError(f"data.labeled must be a positive number of patients or 'all', not {labeled!r}")
-    if config.data.image_size % 16:
-        raise MonaError(f"data.image_size must be a multiple of 16 (the UNet pools 4 times), not {config.data.image_size}")
+    size = config.data.image_size
+    if size % 16:
+        raise MonaError(f"data.image_size must be a multiple of 16 (the UNet pools 4 times), not {size}")
+    mona = config.mona
+    if config.method == "mona" and mona.patch_size > size:
+        raise MonaError(f"mona.patch_size={mona.patch_size} is out of range: it must be <= data.image_size ({size})")
+    if size % mona.representation_stride:
+        raise MonaError(f"mona.representation_stride={mona.representation_stride} must divide data.image_size "
+                        f"({size})")
+    if mona.stage == "pretrain" and not mona.pretrain:
+        raise MonaError("mona.stage=pretrain with mona.pretrain=false would train nothing")
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -4,7 +4,8 @@ score both on the phantom's test volumes and print one table (a few minutes on 2
   mona demo [--out mona-demo] [--iterations 300] [--labeled 1]
 
 Everything is written under --out: the phantom (data/), one run folder per method, and
-each run's evaluation. Nothing is downloaded.
+each run's evaluation; a second demo into the same --out replaces its runs. Nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         if args.iterations:
             overrides.append(f"train.iterations={args.iterations}")
         config = load_config(["demo"], overrides)
-        train(config)
+        train(config, overwrite=True)
         results[method] = evaluate_run(config.out, "test")
     print(format_comparison(results))
     return 0

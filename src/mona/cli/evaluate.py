@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("val", "test"), default="test")
     parser.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint file")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--data", metavar="DIR", help="the run's dataset, when it moved from where the run recorded it")
     parser.add_argument("--largest-component", action="store_true",
                         help="keep each class's largest connected component (writes eval_<split>_<checkpoint>_largest/)")
     add_folder_arguments(parser)
@@ -33,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.run_dir is None:
         return run_folders(args)
+    print(f"scoring {args.run_dir} on its {args.split} split ({args.checkpoint} checkpoint)")
     summary = evaluate_run(args.run_dir, args.split, args.checkpoint, args.device,
-                           largest_component=args.largest_component)
+                           largest_component=args.largest_component, data=args.data, progress=True)
     post = ", largest component per class" if args.largest_component else ""
     print(f"{args.run_dir}: {args.split} split, {args.checkpoint} checkpoint (iteration {summary['iteration']}){post}")
     print(format_table(summary))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from mona import __version__
 from mona.errors import MonaError
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 VERBS = {
     "demo": ("mona.cli.demo", "train supervised and mean teacher on the built-in phantom and compare them"),
     "synth": ("mona.cli.synth", "write the built-in synthetic cardiac phantom in the SSL4MIS layout"),
@@ -40,9 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting `key=value` overrides sit anywhere among a verb's flags."""
+    args, extra = parser.parse_known_args(argv)
+    overrides = [item for item in extra if OVERRIDE.match(item)]
+    if hasattr(args, "overrides") and overrides:
+        args.overrides += overrides
+        extra = [item for item in extra if item not in overrides]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if args.verb is None:
         parser.print_help()
         return 2
@@ -50,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except MonaError as error:
         print(f"mona {args.verb}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
 
 
 if __name__ == "__main__":

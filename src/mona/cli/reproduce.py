@@ -31,8 +31,9 @@ import argparse
 
 from mona.config import preset_names
 from mona.errors import MonaError
-from mona.experiments.grid import METHODS, plan, run_grid
+from mona.experiments.grid import plan, run_grid
 from mona.experiments.report import build_report
+from mona.methods import METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,32 +2,42 @@
 
   mona train --data DIR --method mean_teacher --labeled 7 --config cpu-small --out runs/mt7
   mona train --data DIR --method supervised --labeled all train.iterations=5000
-  mona train --resume runs/mt7
+  mona train --resume runs/mt7 [--iterations 5000]
   mona train --gpus 4 --data DIR --method mona --labeled 3 --config paper   # = torchrun --nproc_per_node 4 -m mona train ...
 
 Settings come from the defaults, then each --config (a preset name: paper, cpu-small,
-demo; or a YAML file), then the flags, then key=value overrides (e.g. optim.lr=0.02).
-The resolved config is saved as RUN/config.yaml; RUN/best.pt is the best checkpoint on
-the val split, RUN/last.pt the latest. --resume RUN continues an interrupted run.
+demo; or a YAML file), then the flags, then key=value overrides (e.g. optim.lr=0.02),
+which may stand anywhere on the line. The resolved config is saved as RUN/config.yaml
+(absolute paths); RUN/best.pt is the best checkpoint on the val split, RUN/last.pt the
+latest (MONA: in RUN/pretrain and RUN/finetune), RUN/train.log what the console showed.
+
+A run folder belongs to one run: a new run needs an empty --out (or --overwrite, which
+deletes the earlier run there), and a second process on a folder in use is refused.
+Ctrl-C finishes the current step, saves last.pt and exits 130; --resume RUN continues it
+(a stage folder is mapped to its run) and refuses a changed method, data, budget, image
+size or seed. last.pt is also saved every train.checkpoint_every seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-
 import subprocess
 import sys
 
-from mona.config import load_config, preset_names
+import torch
+
+from mona.config import DataConfig, load_config, preset_names
 from mona.engine import distributed
 from mona.engine.run import resume_config, train
 from mona.errors import MonaError
+from mona.methods import METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DIR", help="dataset folder (SSL4MIS layout)")
-    parser.add_argument("--method", choices=("supervised", "mean_teacher", "mona"))
-    parser.add_argument("--labeled", metavar="N", help="labeled patients (first N of train_slices.list) or 'all'")
+    parser.add_argument("--method", choices=tuple(METHODS), help="training method (default supervised)")
+    parser.add_argument("--labeled", metavar="N", help="labeled patients: the first N labeled ones of "
+                        f"train_slices.list, or 'all' (default {DataConfig.labeled}: every labeled case)")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help=f"YAML file or preset ({', '.join(preset_names())}); may repeat")
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<method>_<labeled>)")
@@ -37,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true", default=None, help="bf16 autocast (train.amp)")
     parser.add_argument("--stage", choices=("both", "pretrain", "finetune"), help="MONA: which stage(s) to run")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train into a folder that holds an earlier run, deleting that run's files first")
     parser.add_argument("--gpus", type=int, metavar="N", help="data-parallel on N GPUs: relaunches itself under torchrun")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.02")
@@ -68,8 +80,14 @@ def launch_torchrun(processes: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.gpus and args.gpus > 1 and distributed.world_size() == 1:
+    if args.gpus is not None and args.gpus > 1 and distributed.world_size() == 1:
+        available = torch.cuda.device_count()
+        if args.gpus > available:
+            raise MonaError(f"--gpus {args.gpus}: this machine has {available} CUDA GPU(s); for several CPU "
+                            "processes use torchrun directly")
         return launch_torchrun(args.gpus)
+    if args.resume and args.overwrite:
+        raise MonaError("--resume continues a run and --overwrite replaces it: give one of them")
     if args.resume:
         config = resume_config(args.resume, flag_overrides(args))
     else:
@@ -78,8 +96,5 @@ def run(args: argparse.Namespace) -> int:
             raise MonaError("--data DIR is required (or data.root in a --config file)")
         if not config.out:
             config.out = f"runs/{config.method}_{config.data.labeled}"
-    result = train(config, resume=bool(args.resume))
-    best = result["best"]
-    if distributed.is_main():
-        print(f"done: {config.out} (best val Dice {best['dice']:.4f} at iteration {best['iteration']})")
+    train(config, resume=bool(args.resume), overwrite=args.overwrite)
     return 0

@@ -8,6 +8,7 @@ interrupted run never leaves a half-written checkpoint. Checkpoints are loaded w
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise MonaError("checkpoint file is missing", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise MonaError(f"cannot read checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})", path) from None
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            raise MonaError("cannot read checkpoint: it holds Python objects besides tensors, and mona loads only "
+                            "plain tensors (weights_only), so it is not a mona checkpoint", path) from None
+        raise MonaError("cannot read checkpoint: the file is truncated or corrupt (UnpicklingError)", path) from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile and OSError errors for damaged files
+        raise MonaError(f"cannot read checkpoint: the file is truncated or corrupt ({exc.__class__.__name__})",
+                        path) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "method" not in state:
         raise MonaError("not a mona checkpoint (or from an incompatible version)", path)
     return state
@@ -55,3 +62,12 @@ def load_weights(module: torch.nn.Module, saved: dict[str, torch.Tensor], path: 
     if strict and missing:
         raise MonaError(f"checkpoint lacks {len(missing)} entries such as {missing[0]} (another method?)", path)
     module.load_state_dict(saved, strict=False)
+
+
+def student_weights(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The student UNet's weights in a checkpoint (its `model.` entries, without the prefix)."""
+    prefix = "model."
+    weights = {key[len(prefix):]: value for key, value in state["method"].items() if key.startswith(prefix)}
+    if not weights:
+        raise MonaError("checkpoint holds no UNet weights", path)
+    return weights

@@ -97,6 +97,13 @@ def replica_difference(method: nn.Module) -> float:
     return float(difference)
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is set on any rank (a stop asked of one process stops them all at the same step)."""
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

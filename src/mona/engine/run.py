@@ -1,59 +1,186 @@
-"""Entry points shared by the CLI, the demo and the experiment grid: train a run, evaluate a run."""
+"""Entry points shared by the CLI, the demo, the experiment grid and the Python API: train a
+run (every stage its method declares), resume it, load its model, evaluate it."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from mona.config import Config, config_from_dict, load_config
+from mona.config import Config, config_from_dict, load_config, save_config
+from mona.data.io import atomic_path
 from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
-from mona.engine.checkpoint import load_checkpoint, load_weights
-from mona.engine.trainer import Stage, Trainer, resolve_amp, resolve_device
-from mona.errors import MonaError
+from mona.engine import distributed
+from mona.engine.checkpoint import load_checkpoint, load_weights, student_weights
+from mona.engine.environment import describe
+from mona.engine.run_folder import RunLock, RunLog, claim, record_stages, run_root, stage_folders
+from mona.engine.trainer import Trainer, precision, resolve_amp, resolve_device
+from mona.errors import MonaError, RunInterrupted
 from mona.evaluation.inference import predict_volume
 from mona.evaluation.metrics import score_case
 from mona.evaluation.postprocess import labels_from_probabilities
 from mona.evaluation.report import summarize, write_csv, write_json
-from mona.methods import build_method
+from mona.methods import method_stages
+from mona.methods.base import Method
 from mona.models.unet import UNet
 
-
-def train(config: Config, resume: bool = False) -> dict:
-    """Train `config.method` into `config.out`; with `resume`, continue from its `last.pt`."""
-    if config.method == "mona":
-        from mona.methods.mona import train_mona
-
-        return train_mona(config, resume=resume)
-    info = dataset_info(config.data.root, config.data.num_classes)
-    data = load_train_data(info, config.data.labeled, config.data.image_size)
-    val = load_volumes(info, "val")
-    torch.manual_seed(config.train.seed)  # the initial weights: two runs with the same seed are identical
-    method = build_method(config, info.num_classes)
-    stage = Stage(config.train.iterations, config.data.batch_labeled, config.data.batch_unlabeled)
-    return Trainer(config, method, data, val, Path(config.out), stage, info).fit(resume=resume)
+# What a resumed run may not change: it would continue one setup's weights under another.
+FIXED_ON_RESUME = ("method", "data.root", "data.labeled", "data.image_size", "data.num_classes", "train.seed")
+# What a resumed run may raise but not lower.
+GROWS_ON_RESUME = ("train.iterations", "mona.pretrain_iterations")
 
 
-def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:
-    """The config a run folder was started with (its `config.yaml`), plus overrides."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise MonaError("not a run folder (no config.yaml): nothing to resume", run_dir)
-    config = load_config([path], overrides)
-    config.out = str(run_dir)
+def absolute_paths(config: Config) -> Config:
+    """Store the data folder, run folder and any stage-1 source as absolute paths, so a run
+    folder works from any working directory."""
+    for section, key in (("data", "root"), (None, "out"), ("mona", "init_from")):
+        owner = getattr(config, section) if section else config
+        if getattr(owner, key):
+            setattr(owner, key, str(Path(getattr(owner, key)).expanduser().absolute()))
     return config
 
 
+def _value(config: Config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:
+    """The config a run folder was started with (its `config.yaml`), plus overrides that keep it
+    the same run: more iterations, another device, a moved dataset's new place."""
+    root = run_root(run_dir)
+    path = root / "config.yaml"
+    if not path.is_file():
+        raise MonaError("not a run folder (no config.yaml): nothing to resume", run_dir)
+    saved = load_config([path])
+    config = absolute_paths(load_config([path], overrides))
+    config.out = str(root)
+    for key in FIXED_ON_RESUME:
+        old, new = _value(saved, key), _value(config, key)
+        if key == "data.root" and old != new and not Path(old).is_dir():
+            continue  # the dataset moved: its new place is accepted
+        if old != new:
+            raise MonaError(f"--resume continues a run as it was started: {key} is {old!r} there, not {new!r} "
+                            "(start a new run with another --out)", path)
+    for key in GROWS_ON_RESUME:
+        if _value(config, key) < _value(saved, key):
+            raise MonaError(f"--resume may add iterations, not remove them: {key} is {_value(saved, key)} there, "
+                            f"not {_value(config, key)}", path)
+    return config
+
+
+def check_dataset(config: Config, run_dir: Path) -> None:
+    """A clear error when a run's dataset is no longer where its config says."""
+    if not Path(config.data.root).is_dir():
+        raise MonaError(f"the run's dataset folder {config.data.root} does not exist; if it moved, give its new "
+                        f"place with --data (mona train --resume {run_dir} --data NEW, or mona evaluate {run_dir} "
+                        "--data NEW)", run_dir / "config.yaml")
+
+
+def _stage_student(source: str, run_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The UNet weights that start a stage: an earlier stage of this run (by name), a run folder
+    (its first stage) or a checkpoint file."""
+    path = Path(source)
+    if not path.is_absolute() and (run_dir / source).is_dir():
+        path = run_dir / source / "last.pt"
+    elif path.is_dir():
+        path = stage_folders(path)[0] / "last.pt"
+    if not path.is_file():
+        raise MonaError(f"this stage starts from the student of {source!r}, which has no checkpoint "
+                        "(train that stage first, or set mona.init_from)", path)
+    return student_weights(load_checkpoint(path), path), path
+
+
+def _start_from(method: Method, source: str, run_dir: Path) -> None:
+    """Student and teacher both start from the earlier student."""
+    weights, path = _stage_student(source, run_dir)
+    load_weights(method.model, weights, path)
+    if method.teacher is not None:
+        method.teacher.load_state_dict(method.model.state_dict())
+
+
+def _record_environment(run_dir: Path, record: dict) -> None:
+    """Append this start's machine and software to `RUN/environment.json` (a resumed run may move)."""
+    path = run_dir / "environment.json"
+    try:
+        records = json.loads(path.read_text()) if path.is_file() else []
+    except ValueError:
+        records = []
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(records + [record], indent=2) + "\n")
+
+
+def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train every stage of `config.method` into the run folder `config.out`; returns the last
+    stage's metrics (`best` and `last` val records).
+
+    A new run needs an empty folder (`overwrite` deletes an earlier run there); `resume`
+    continues the run's unfinished stages from their `last.pt`. Finished stages are skipped.
+    """
+    absolute_paths(config)
+    run_dir = Path(config.out)
+    stages = method_stages(config)
+    main = distributed.is_main()
+    device = resolve_device(config.train.device)
+    if resume:
+        check_dataset(config, run_dir)
+    info = dataset_info(config.data.root, config.data.num_classes)
+    created = main and not run_dir.exists()
+    with RunLock(run_dir) if main else nullcontext():
+        say = RunLog(run_dir / "train.log" if main else None)
+        try:
+            if main:
+                claim(run_dir, resume, overwrite)
+                save_config(config, run_dir / "config.yaml")
+                record_stages(run_dir, [{"name": s.name, "iterations": s.iterations} for s in stages])
+                _record_environment(run_dir, {**describe(device, precision(config, device)), "resume": resume})
+                if config.train.amp and not resolve_amp(config, device):
+                    say("note: train.amp: this CPU has no native bf16 (avx512_bf16/amx); training in fp32, "
+                        "which is faster here")
+            data = load_train_data(info, config.data.labeled, config.data.image_size)
+            val = load_volumes(info, "val")
+        except BaseException:
+            if created:  # a run that failed before it began leaves no folder behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        result: dict = {}
+        for index, stage in enumerate(stages):
+            stage_dir = run_dir / stage.name if stage.name else run_dir
+            last = stage_dir / "last.pt"
+            if last.is_file():
+                state = load_checkpoint(last)
+                if state["iteration"] >= stage.iterations:
+                    result = {"best": state["metrics"]["best"], "last": state["metrics"]["val"]}
+                    continue
+            torch.manual_seed(config.train.seed + 1_000_003 * index)  # a stage's initial weights: fixed by the seed
+            method = stage.build(info.num_classes)
+            if stage.init_from and not last.is_file():
+                _start_from(method, stage.init_from, run_dir)
+            try:
+                result = Trainer(config, method, data, val, stage_dir, stage, info, say).fit(resume=last.is_file())
+            except RunInterrupted as stop:
+                saved = any((folder / "last.pt").is_file() for folder in stage_folders(run_dir))
+                hint = (f"Continue with: mona train --resume {run_dir}" if saved
+                        else "Nothing was saved yet: start it again with --overwrite.")
+                say.record(f"{stop} {hint}")
+                raise RunInterrupted(f"{stop} {hint}") from None
+        best = result["best"]
+        say(f"done: {run_dir} (best val Dice {best['dice']:.4f} at iteration {best['iteration']})")
+    return result
+
+
 def run_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
-    """The file of a run's `best` or `last` checkpoint (RUN/<name>.pt, or RUN/finetune/<name>.pt for
-    a MONA run), or `checkpoint` itself when it names a file."""
-    run_dir = Path(run_dir)
+    """The file of a run's `best` or `last` checkpoint (in its last stage's folder), or
+    `checkpoint` itself when it names a file."""
     if checkpoint not in ("best", "last"):
         return Path(checkpoint)
-    path = run_dir / f"{checkpoint}.pt"
-    if not path.is_file() and (run_dir / "finetune").is_dir():
-        return run_dir / "finetune" / f"{checkpoint}.pt"
-    return path
+    return stage_folders(run_root(run_dir))[-1] / f"{checkpoint}.pt"
 
 
 def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch.nn.Module, dict]:
@@ -61,23 +188,28 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch
     path = run_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     model = UNet(1, state["num_classes"])
-    weights = {key[len("model."):]: value for key, value in state["method"].items() if key.startswith("model.")}
-    load_weights(model, weights, path)
+    load_weights(model, student_weights(state, path), path)
     return model.to(memory_format=torch.channels_last), state  # ~1.5x faster convolutions on CPUs
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", device: str = "auto",
-                 amp: bool | None = None, largest_component: bool = False) -> dict:
-    """Score a run's checkpoint on a split; writes `eval_<split>_<checkpoint>/{cases.csv,summary.json}`
-    (`..._largest/` when each class keeps only its largest connected component)."""
-    run_dir = Path(run_dir)
+                 amp: bool | None = None, largest_component: bool = False, data: str | Path | None = None,
+                 progress: bool = False) -> dict:
+    """Score a run's checkpoint on a split of its dataset (or of `data`, for a moved dataset);
+    writes `eval_<split>_<checkpoint>/{cases.csv,summary.json}` (`..._largest/` when each class
+    keeps only its largest connected component)."""
+    run_dir = run_root(run_dir)
     model, state = load_run_model(run_dir, checkpoint)
     config = config_from_dict(state["config"])
+    if data is not None:
+        config.data.root = str(Path(data).absolute())
+    check_dataset(config, run_dir)
     info = dataset_info(config.data.root, state["num_classes"])
     target = resolve_device(device)
     model.to(target)
+    volumes = load_volumes(info, split)
     rows = []
-    for volume in load_volumes(info, split):
+    for volume in tqdm(volumes, desc=f"scoring {split}", unit="volume", disable=not progress, leave=False):
         probs = predict_volume(model, volume.image, state["image_size"], target,
                                amp=resolve_amp(config, target) if amp is None else amp)
         labels = labels_from_probabilities(probs, state["num_classes"], largest_component)

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
 def poly_lr(base_lr: float, progress: float, power: float = 0.9) -> float:
     """Poly decay lr * (1 - t/T)^power."""
     return base_lr * (1.0 - min(progress, 1.0)) ** power
-
-
-def sigmoid_rampup(progress: float, rampup: float) -> float:
-    """exp(-5 (1 - x)^2) with x = progress / rampup clipped to [0, 1] (Laine & Aila 2017).
-
-    `rampup` is a fraction of the run: 0.4 reaches the full weight at 40% of training,
-    whatever the number of iterations.
-    """
-    if rampup <= 0:
-        return 1.0
-    x = min(max(progress / rampup, 0.0), 1.0)
-    return math.exp(-5.0 * (1.0 - x) ** 2)
 
 
 def ema_momentum(momentum: float, step: int) -> float:

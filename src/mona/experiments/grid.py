@@ -11,21 +11,18 @@ wrote a checkpoint starts afresh. Checkpoints are chosen on the val split by the
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from mona.config import load_config
 from mona.data.io import atomic_path
+from mona.engine.environment import one_line
 from mona.engine.run import evaluate_run, resume_config, train
-from mona.engine.trainer import resolve_amp, resolve_device
+from mona.engine.run_folder import stage_folders
 from mona.errors import MonaError
 
 ABLATIONS = ("pretrain", "tailness", "consistency", "diversity", "strong_aug")
-METHODS = ("supervised", "mean_teacher", "mona")
 
 
 @dataclass(frozen=True)
@@ -61,24 +58,8 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    """A `last.pt` to resume from (MONA keeps one per stage folder)."""
-    return any((run_dir / sub / "last.pt").is_file() for sub in ("", "pretrain", "finetune"))
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def hardware(device: str = "auto") -> str:
-    """Platform, torch version and the CPU or GPU that `device` resolves to."""
-    target = resolve_device(device)
-    chip = torch.cuda.get_device_name(target) if target.type == "cuda" else cpu_name()
-    return f"{platform.platform()}, torch {torch.__version__}, {target.type}: {chip}, {torch.get_num_threads()} threads"
+    """A `last.pt` to resume from, in any of the run's stage folders."""
+    return run_dir.is_dir() and any((folder / "last.pt").is_file() for folder in stage_folders(run_dir))
 
 
 def record_grid(path: Path, data: str | Path, protocol: str, overrides: Sequence[str], specs: Sequence[RunSpec]) -> None:
@@ -126,15 +107,14 @@ def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str
         if is_finished(run_dir):
             continue
         if (run_dir / "config.yaml").is_file() and has_checkpoint(run_dir):
-            config = resume_config(run_dir)
-            train(config, resume=True)
-        else:
+            train(resume_config(run_dir), resume=True)
+        else:  # a run that never wrote a checkpoint starts afresh
             config = load_config([protocol], [
                 f"method={spec.method}", f"data.root={data}", f"data.labeled={spec.labeled}",
                 f"train.seed={spec.seed}", *extra_overrides, *spec.overrides, f"out={run_dir}"])
-            train(config)
-        precision = config.train.amp_dtype if resolve_amp(config, resolve_device(config.train.device)) else "fp32"
-        (run_dir / "hardware.txt").write_text(f"{hardware(config.train.device)}, {precision}\n")
+            train(config, overwrite=True)
+        environment = json.loads((run_dir / "environment.json").read_text())[-1]
+        (run_dir / "hardware.txt").write_text(one_line(environment) + "\n")
         evaluate_run(run_dir, "test", "last")
         evaluate_run(run_dir, "test", "best")  # last: its summary.json marks the run finished
     return folders

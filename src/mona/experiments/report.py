@@ -29,12 +29,15 @@ from scipy.stats import wilcoxon
 from mona.data.io import atomic_path
 from mona.data.ssl4mis import ACDC_CLASSES, dataset_info, load_volumes
 from mona.engine.checkpoint import load_checkpoint
+from mona.engine.environment import describe, one_line
 from mona.engine.run import load_run_model, run_checkpoint
+from mona.engine.run_folder import stage_folders
 from mona.engine.trainer import resolve_device
 from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
 from mona.evaluation.report import METRICS
-from mona.experiments.grid import ABLATIONS, METHODS, hardware, is_finished
+from mona.experiments.grid import ABLATIONS, is_finished
+from mona.methods import METHODS
 
 CHECKPOINTS = {"best": "best on val", "last": "last"}
 CSV_COLUMNS = ("run", "method", "labeled", "seed", "checkpoint", "class", *METRICS, "unit", "sec_per_iter")
@@ -65,13 +68,8 @@ def budget_key(labeled: str) -> float:
 
 
 def variant_key(variant: str) -> tuple[int, str]:
-    return (METHODS.index(variant) if variant in METHODS else len(METHODS), variant)
-
-
-def stage_dirs(run_dir: Path) -> list[Path]:
-    """The folders holding a run's metrics.jsonl (and checkpoints): MONA's stages in order, or the run."""
-    stages = [run_dir / name for name in ("pretrain", "finetune") if (run_dir / name / "metrics.jsonl").is_file()]
-    return stages or [run_dir]
+    order = list(METHODS)
+    return (order.index(variant) if variant in order else len(order), variant)
 
 
 def read_records(stage: Path) -> list[dict]:
@@ -94,7 +92,7 @@ def stage_timing(stage: Path) -> tuple[float, int]:
 def load_run(run_dir: Path) -> dict:
     """A finished run: its config, variant, test summaries per checkpoint and training time."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    timings = [stage_timing(stage) for stage in stage_dirs(run_dir)]
+    timings = [stage_timing(stage) for stage in stage_folders(run_dir)]
     seconds, iterations = sum(s for s, _ in timings), sum(i for _, i in timings)
     hw = run_dir / "hardware.txt"
     return {
@@ -269,7 +267,7 @@ def plot_curves(run: dict, path: Path) -> None:
     fig = Figure(figsize=(10, 3.6))
     losses, dice = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     offset = 0
-    for stage in stage_dirs(run["dir"]):
+    for stage in stage_folders(run["dir"]):
         prefix = f"{stage.name}/" if stage != run["dir"] else ""
         records = read_records(stage)
         train = [r for r in records if r["split"] == "train"]
@@ -357,7 +355,7 @@ def build_report(out: str | Path) -> Path:
     write_results_csv(runs, out / "results.csv")
     first = runs[0]
     acdc = acdc_like(first["config"]["data"]["root"], [c["name"] for c in first["summaries"]["best"]["classes"]])
-    hardware_lines = sorted({r["hardware"] for r in runs if r["hardware"]}) or [f"{hardware()} (report machine)"]
+    hardware_lines = sorted({r["hardware"] for r in runs if r["hardware"]}) or [f"{one_line(describe(resolve_device('auto'), 'fp32'))} (report machine)"]
     total = sum(r["train_seconds"] for r in runs)
     lines = [f"# Results of {len(runs)} finished runs", "", *protocol_lines(out, runs),
              *(f"- Hardware: {h}" for h in hardware_lines),

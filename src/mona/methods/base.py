@@ -1,18 +1,43 @@
-"""A method turns a labeled and an unlabeled batch into named losses; the engine does the rest.
+"""What a training method is, and how it declares its stages to the engine.
 
-The engine owns the loop, optimiser, schedule, AMP, EMA, validation and checkpoints. A
-method holds the student (`model`), an optional EMA `teacher` and any heads, queues or
-banks as submodules and buffers, so its `state_dict` is the whole training state.
+A method turns a labeled and an unlabeled batch into named losses; the engine does the rest
+(loop, optimiser, schedule, AMP, EMA, validation, checkpoints, resume). A method holds the
+student (`model`), an optional EMA `teacher` and any heads, queues or banks as submodules and
+buffers, so its `state_dict` is the whole training state. A method module declares the
+`Stage`s the engine runs in order (`stages(config)`); nothing here imports the engine.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from mona.models.unet import UNet
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A teacher copy of `module` (same weights, no gradients), updated by the engine's EMA."""
+    teacher = copy.deepcopy(module)
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
+
+
+def sigmoid_rampup(progress: float, rampup: float) -> float:
+    """exp(-5 (1 - x)^2) with x = progress / rampup clipped to [0, 1] (Laine & Aila 2017).
+
+    `rampup` is a fraction of the run: 0.4 reaches the full weight at 40% of training,
+    whatever the number of iterations.
+    """
+    if rampup <= 0:
+        return 1.0
+    x = min(max(progress / rampup, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - x) ** 2)
 
 
 class Method(nn.Module):
@@ -24,13 +49,7 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.model = UNet(1, num_classes)
         self.ema = ema
-        self.teacher = self._make_teacher() if ema is not None else None
-
-    def _make_teacher(self) -> nn.Module:
-        teacher = copy.deepcopy(self.model)
-        for parameter in teacher.parameters():
-            parameter.requires_grad_(False)
-        return teacher
+        self.teacher = frozen_copy(self.model) if ema is not None else None
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimiser updates: everything but the (frozen) teacher side."""
@@ -49,3 +68,21 @@ class Method(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Named scalar losses, the total under "loss". `progress` = iteration / total."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a method as the engine runs it.
+
+    `name` is the stage's sub-folder of the run ("" for a one-stage method: the run folder
+    itself); `build(num_classes)` makes a fresh `Method`; `init_from` names an earlier stage
+    of the same run, or a run folder or checkpoint file, whose student starts this stage.
+    """
+
+    name: str
+    build: Callable[[int], Method]
+    iterations: int
+    batch_labeled: int
+    batch_unlabeled: int
+    nesterov: bool = False
+    init_from: str = ""

@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 
 from mona.augment.weak import weak_views
-from mona.config import MeanTeacherConfig
-from mona.engine.schedule import sigmoid_rampup
+from mona.config import Config, MeanTeacherConfig
 from mona.losses.supervised import SupervisedSegLoss
-from mona.methods.base import Method
+from mona.methods.base import Method, Stage, sigmoid_rampup
 from mona.randomness import device_generator
 
 
@@ -43,3 +42,9 @@ class MeanTeacher(Method):
         consistency = torch.mean((student_prob - teacher_prob) ** 2)
         weight = self.config.consistency * sigmoid_rampup(progress, self.config.rampup)
         return {"loss": sup + weight * consistency, "sup": sup.detach(), "consistency": consistency.detach()}
+
+
+def stages(config: Config) -> list[Stage]:
+    """One stage in the run folder itself."""
+    return [Stage("", lambda num_classes: MeanTeacher(num_classes, config.mean_teacher), config.train.iterations,
+                  config.data.batch_labeled, config.data.batch_unlabeled, nesterov=config.optim.nesterov)]

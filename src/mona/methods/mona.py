@@ -9,14 +9,11 @@ slices, confidence-weighted pseudo-labels (L_unsup), hard-pixel anatomical contr
 (tailness, L_contrast), equivariance under random similarity + TPS warps (consistency,
 L_eqv) and nearest-neighbour mining with a gradient to the student (diversity, L_nn).
 
-`train_mona` runs stage 1 into RUN/pretrain and stage 2 into RUN/finetune on the shared
-engine; each stage is a complete run folder that resumes on its own.
+`stages` declares them to the engine, which runs stage 1 into RUN/pretrain and stage 2 into
+RUN/finetune, stage 2 starting from stage 1's student.
 """
 
 from __future__ import annotations
-
-import copy
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +22,7 @@ from torch import nn
 from mona.augment.strong import StrongAugment, photometric_view
 from mona.augment.warp import random_equivariance_warp
 from mona.augment.weak import resize_images, resize_labels, weak_views
-from mona.config import Config, MonaConfig, save_config
-from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
-from mona.engine import distributed
-from mona.engine.checkpoint import load_checkpoint, load_weights
-from mona.engine.schedule import sigmoid_rampup
-from mona.engine.trainer import Stage, Trainer
-from mona.errors import MonaError
+from mona.config import Config, MonaConfig
 from mona.losses import (
     AnatomicalContrastLoss,
     ClassMemoryBank,
@@ -42,17 +33,9 @@ from mona.losses import (
     SupervisedSegLoss,
     extract_patches,
 )
-from mona.methods.base import Method
+from mona.methods.base import Method, Stage, frozen_copy, sigmoid_rampup
 from mona.models.heads import LocalHead, ProjectionMLP, RepresentationHead
 from mona.models.unet import frozen_batchnorm_statistics
-
-
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """An EMA teacher copy of `module`: same weights, no gradients."""
-    teacher = copy.deepcopy(module)
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    return teacher
 
 
 class MonaPretrain(Method):
@@ -83,8 +66,7 @@ class MonaPretrain(Method):
         ]
 
     def _local(self, logits: torch.Tensor, head: nn.Module, predictor: nn.Module | None = None) -> torch.Tensor:
-        patch = min(self.config.patch_size, *logits.shape[-2:])  # small training sizes: one patch per image
-        patches = extract_patches(logits.float(), patch, self.config.patch_stride)
+        patches = extract_patches(logits.float(), self.config.patch_size, self.config.patch_stride)
         embedding = head(patches)
         if predictor is not None:
             embedding = predictor(embedding)
@@ -141,11 +123,6 @@ class MonaFinetune(Method):
 
     def ema_pairs(self):
         return super().ema_pairs() + [(self.teacher_rep_head, self.rep_head)]
-
-    def initialise_from(self, weights: dict[str, torch.Tensor], path: Path) -> None:
-        """Student and teacher both start from the stage-1 student."""
-        load_weights(self.model, weights, path)
-        self.teacher.load_state_dict(self.model.state_dict())
 
     def _unsup(self, logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
         """Pixel CE to the pseudo-label, each image weighted by its share of confident pixels."""
@@ -218,59 +195,21 @@ class MonaFinetune(Method):
         return {"loss": total, **{key: value.detach() for key, value in losses.items()}}
 
 
-def _finished(run_dir: Path) -> bool:
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        return False
-    state = load_checkpoint(last)
-    return state["iteration"] >= state["total_iterations"]
+def stages(config: Config) -> list[Stage]:
+    """Stage 1 (`pretrain/`) then stage 2 (`finetune/`), as `mona.stage` and `mona.pretrain` say.
 
-
-def _fit_stage(config, method, data, val, run_dir: Path, stage: Stage, info, resume: bool) -> dict:
-    if _finished(run_dir):
-        state = load_checkpoint(run_dir / "last.pt")
-        return {"best": state["metrics"]["best"], "last": state["metrics"]["val"]}
-    trainer = Trainer(config, method, data, val, run_dir, stage, info)
-    return trainer.fit(resume=resume and (run_dir / "last.pt").is_file())
-
-
-def stage1_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The stage-1 student's UNet weights from a pretrain run folder or checkpoint file."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "pretrain" / "last.pt" if (path / "pretrain").is_dir() else path / "last.pt"
-    state = load_checkpoint(path)
-    weights = {key[len("model."):]: value for key, value in state["method"].items() if key.startswith("model.")}
-    if not weights:
-        raise MonaError("checkpoint holds no UNet weights", path)
-    return weights, path
-
-
-def train_mona(config: Config, resume: bool = False) -> dict:
-    """Run stage 1 (RUN/pretrain) then stage 2 (RUN/finetune), as `mona.stage` and switches say."""
+    Stage 2 starts from `mona.init_from` when set (another run's stage 1), else from this run's
+    stage 1 (also when only `--stage finetune` runs, after an earlier `--stage pretrain`).
+    """
     cfg = config.mona
-    run_dir = Path(config.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if distributed.is_main():
-        save_config(config, run_dir / "config.yaml")
-    info = dataset_info(config.data.root, config.data.num_classes)
-    data = load_train_data(info, config.data.labeled, config.data.image_size)
-    val = load_volumes(info, "val")
-    torch.manual_seed(config.train.seed)  # the initial weights: two runs with the same seed are identical
-    result: dict = {}
-    if cfg.stage in ("both", "pretrain") and cfg.pretrain:
-        stage = Stage(cfg.pretrain_iterations or config.train.iterations, cfg.pretrain_batch_labeled,
-                      cfg.pretrain_batch_unlabeled)
-        result = _fit_stage(config, MonaPretrain(info.num_classes, cfg), data, val, run_dir / "pretrain",
-                            stage, info, resume)
-    if cfg.stage in ("both", "finetune"):
-        method = MonaFinetune(info.num_classes, cfg)
-        finetune_dir = run_dir / "finetune"
-        if not (resume and (finetune_dir / "last.pt").is_file()):
-            source = cfg.init_from or (run_dir if cfg.pretrain else "")
-            if source:
-                method.initialise_from(*stage1_weights(source))
-        stage = Stage(config.train.iterations, cfg.finetune_batch_labeled, cfg.finetune_batch_unlabeled,
-                      nesterov=True)
-        result = _fit_stage(config, method, data, val, finetune_dir, stage, info, resume)
-    return result
+    pretrain = Stage("pretrain", lambda num_classes: MonaPretrain(num_classes, cfg),
+                     cfg.pretrain_iterations or config.train.iterations, cfg.pretrain_batch_labeled,
+                     cfg.pretrain_batch_unlabeled)
+    finetune = Stage("finetune", lambda num_classes: MonaFinetune(num_classes, cfg), config.train.iterations,
+                     cfg.finetune_batch_labeled, cfg.finetune_batch_unlabeled, nesterov=True,
+                     init_from=cfg.init_from or ("pretrain" if cfg.pretrain else ""))
+    if cfg.stage == "pretrain":
+        return [pretrain]
+    if cfg.stage == "finetune" or not cfg.pretrain:
+        return [finetune]
+    return [pretrain, finetune]

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from mona.augment.weak import weak_augment
+from mona.config import Config
 from mona.losses.supervised import SupervisedSegLoss
-from mona.methods.base import Method
+from mona.methods.base import Method, Stage
 
 
 class Supervised(Method):
@@ -20,3 +19,9 @@ class Supervised(Method):
         image, label = weak_augment(labeled["image"], labeled["label"], generator)
         loss = self.seg_loss(self.model(image).logits, label)
         return {"loss": loss, "sup": loss.detach()}
+
+
+def stages(config: Config) -> list[Stage]:
+    """One stage in the run folder itself."""
+    return [Stage("", Supervised, config.train.iterations, config.data.batch_labeled, config.data.batch_unlabeled,
+                  nesterov=config.optim.nesterov)]
