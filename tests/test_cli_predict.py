@@ -102,6 +102,17 @@ def test_nifti_mask_overlaps_the_truth_and_is_scored(nifti_prediction):
     assert [(r["case"], r["class"]) for r in rows] == [(name, "1"), (name, "2"), (name, "3")]
 
 
+def test_segment_on_an_array_is_the_mask_predict_writes(trained, nifti_prediction):
+    """`Predictor.segment` on the scan as nibabel reads it (x, y, z) and its affine = the CLI's mask."""
+    _, run = trained
+    _, name, source, _, out = nifti_prediction
+    scan = nib.load(source)
+    mask = load_predictor(run, device="cpu").segment(scan.get_fdata(), scan.affine)
+    written = np.asanyarray(nib.load(out / f"{name}.nii.gz").dataobj)
+    assert mask.shape == scan.shape and mask.any()
+    np.testing.assert_array_equal(mask, written)
+
+
 def test_probabilities_and_overlay(nifti_prediction):
     _, name, source, _, out = nifti_prediction
     probs = nib.load(out / "probabilities" / f"{name}.nii.gz")

@@ -207,8 +207,8 @@ def load_volumes(info: DatasetInfo, split: str) -> list[Volume3D]:
     cases (too few masks) has no `test.list`: asking for it says so."""
     path = info.root / f"{split}.list"
     if not path.is_file() and (info.metadata.get("splits") or {}).get(split) == []:
-        raise MonaError(f"this dataset has no {split} cases (mona.json: too few masks when it was prepared); "
-                        "use the val split, or prepare it again with more labeled cases", path)
+        raise MonaError(f"this dataset has no {split} cases (prepared with too few masks or --test-fraction 0): "
+                        "score the val split, or prepare it again with more masks", path)
     volumes = []
     for name in read_list(path):
         image, label = read_h5(info.root / "data" / f"{name}.h5", 3, info.num_classes)
