@@ -31,6 +31,7 @@ import numpy as np
 from mona.data.prepare.common import (DatasetMeta, Log, canonical_spacing, check_output, find_pairs, find_scans,
                                      load_nifti, percentile_window, raw_folder, read_raw, split_cases,
                                      window_normalisation, write_dataset)
+from mona.data.ssl4mis import patient_of
 from mona.errors import MonaError
 
 ENDINGS = (".nii.gz", ".nii")
@@ -122,8 +123,8 @@ def prepare_partly_labeled(raw: Path, out: Path, *, name: str, classes: list[str
     `label_values` are the raw mask values of `classes`, in order. Labeled cases are split by
     `split_cases(seed, val_fraction, test_fraction)`; `test_fraction` defaults to 0 when
     `test_sources` give the test split, else 0.2. `labeled` (N first training patients) is
-    checked and noted in `mona.json`. Orientation, slicing axis and normalisation are as in the
-    module docstring; their statistics come from the labeled cases only.
+    checked (the reader counts patients) and noted in `mona.json`. Orientation, slicing axis and
+    normalisation are as in the module docstring; their statistics come from the labeled cases only.
     """
     test_sources = test_sources or {}
     sources = {**sources, **test_sources}
@@ -142,8 +143,9 @@ def prepare_partly_labeled(raw: Path, out: Path, *, name: str, classes: list[str
     splits = split_cases(masked, seed, val_fraction, test_fraction, raw)
     splits["test"] = sorted(splits["test"] + list(test_sources))
     splits["unlabeled"] = sorted(case for case, (_, label) in sources.items() if label is None)
-    if labeled is not None and not 1 <= labeled <= len(splits["train"]):
-        raise MonaError(f"--labeled {labeled}: the training split has {len(splits['train'])} labeled cases", raw)
+    patients = len({patient_of(case) for case in splits["train"]})
+    if labeled is not None and not 1 <= labeled <= patients:
+        raise MonaError(f"--labeled {labeled}: the training split has {patients} labeled patients", raw)
 
     if hu_window is None and modality.casefold() == "ct":
         hu_window = foreground_window([sources[case] for case in splits["train"]], seed)
