@@ -8,6 +8,7 @@ space of its input. Every problem with a user's file raises `MonaError` naming i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 import zlib
@@ -165,14 +166,30 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     ext = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{ext}")
+    if path.is_dir():
+        raise MonaError("cannot write: a folder has this name", path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MonaError(f"cannot write: {_file_in_path(path.parent)} is a file, not a folder", path) from None
+    except OSError as exc:
+        raise MonaError(f"cannot write ({exc.strerror or exc})", path) from None
+    try:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        raise MonaError(f"cannot write ({exc.strerror or exc})", path) from exc
+        raise MonaError(f"cannot write ({exc.strerror or exc})", path) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a failed clean-up must not hide the error above
+            tmp.unlink(missing_ok=True)
+
+
+def _file_in_path(folder: Path) -> Path:
+    """The first part of `folder` that exists as a file (why a mkdir of it fails)."""
+    for part in reversed([folder, *folder.parents]):
+        if part.exists() and not part.is_dir():
+            return part
+    return folder
 
 
 def write_label_volume(path: str | Path, labels: np.ndarray, reference: Volume | None = None) -> None:

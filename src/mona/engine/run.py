@@ -25,13 +25,11 @@ from mona.evaluation.metrics import score_case
 from mona.evaluation.postprocess import labels_from_probabilities
 from mona.evaluation.report import summarize, write_csv, write_json
 from mona.methods import method_stages
-from mona.methods.base import Method
+from mona.methods.base import Method, Stage
 from mona.models.unet import UNet
 
 # What a resumed run may not change: it would continue one setup's weights under another.
 FIXED_ON_RESUME = ("method", "data.root", "data.labeled", "data.image_size", "data.num_classes", "train.seed")
-# What a resumed run may raise but not lower.
-GROWS_ON_RESUME = ("train.iterations", "mona.pretrain_iterations")
 
 
 def absolute_paths(config: Config) -> Config:
@@ -68,10 +66,6 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:
         if old != new:
             raise MonaError(f"--resume continues a run as it was started: {key} is {old!r} there, not {new!r} "
                             "(start a new run with another --out)", path)
-    for key in GROWS_ON_RESUME:
-        if _value(config, key) < _value(saved, key):
-            raise MonaError(f"--resume may add iterations, not remove them: {key} is {_value(saved, key)} there, "
-                            f"not {_value(config, key)}", path)
     return config
 
 
@@ -103,6 +97,16 @@ def _start_from(method: Method, source: str, run_dir: Path) -> None:
     load_weights(method.model, weights, path)
     if method.teacher is not None:
         method.teacher.load_state_dict(method.model.state_dict())
+
+
+def _check_lengths(run_dir: Path, stages: list[Stage]) -> None:
+    """A resumed stage may be lengthened, not cut below the iterations it has already run."""
+    for stage in stages:
+        last = (run_dir / stage.name if stage.name else run_dir) / "last.pt"
+        done = load_checkpoint(last)["iteration"] if last.is_file() else 0
+        if done > stage.iterations:
+            raise MonaError(f"this stage has already run {done} iterations, more than the {stage.iterations} now "
+                            "asked for; --resume may add iterations, not remove them", last)
 
 
 def _record_environment(run_dir: Path, record: dict) -> None:
@@ -137,14 +141,16 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict
         try:
             if main:
                 claim(run_dir, resume, overwrite)
-                save_config(config, run_dir / "config.yaml")
+                _check_lengths(run_dir, stages)
+            data = load_train_data(info, config.data.labeled, config.data.image_size)
+            val = load_volumes(info, "val")
+            if main:
+                save_config(config, run_dir / "config.yaml")  # only now: a refused resume keeps the run's config
                 record_stages(run_dir, [{"name": s.name, "iterations": s.iterations} for s in stages])
                 _record_environment(run_dir, {**describe(device, precision(config, device)), "resume": resume})
                 if config.train.amp and not resolve_amp(config, device):
                     say("note: train.amp: this CPU has no native bf16 (avx512_bf16/amx); training in fp32, "
                         "which is faster here")
-            data = load_train_data(info, config.data.labeled, config.data.image_size)
-            val = load_volumes(info, "val")
         except BaseException:
             if created:  # a run that failed before it began leaves no folder behind
                 shutil.rmtree(run_dir, ignore_errors=True)

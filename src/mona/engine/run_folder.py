@@ -94,7 +94,13 @@ class RunLock:
         self.held = False
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        run_dir = self.path.parent
+        if run_dir.exists() and not run_dir.is_dir():
+            raise MonaError("the run folder is a file; choose another --out", run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MonaError(f"cannot make the run folder ({exc.strerror or exc})", run_dir) from None
         me = f"{os.getpid()} {socket.gethostname()}"
         for _ in range(2):
             try:
