@@ -174,7 +174,7 @@ def read_slices(info: DatasetInfo, names: list[str], size: int) -> tuple[torch.T
 def load_slices(info: DatasetInfo, names: list[str], size: int) -> SliceStore:
     """A store of the named slices; its labels are None unless every slice has one."""
     images, labels = read_slices(info, names, size)
-    return SliceStore(images, None if None in labels else torch.stack(labels), list(names))
+    return SliceStore(images, None if any(label is None for label in labels) else torch.stack(labels), list(names))
 
 
 @dataclass
