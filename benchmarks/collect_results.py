@@ -33,11 +33,13 @@ def collect(run: Path) -> dict:
         log = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
         entry["stages"][stage.name] = {
             "iteration": state["iteration"], "total": state["total_iterations"],
-            "sec_per_iter": state["metrics"].get("sec_per_iter"), "train_seconds": state["metrics"].get("train_seconds"),
+            "sec_per_iter": state["metrics"].get("sec_per_iter"),
+            "train_seconds": state["metrics"].get("train_seconds"),
             "best_val": state["metrics"]["best"], "log": log,
         }
     final = list(entry["stages"].values())[-1] if entry["stages"] else None
-    entry["partial"] = final is None or final["iteration"] < final["total"] or (run / "pretrain").is_dir() and not (run / "finetune" / "last.pt").is_file()
+    unfinished_stage2 = (run / "pretrain").is_dir() and not (run / "finetune" / "last.pt").is_file()
+    entry["partial"] = final is None or final["iteration"] < final["total"] or unfinished_stage2
     for checkpoint in ("best", "last"):
         try:
             entry[f"test_{checkpoint}"] = evaluate_run(run, "test", checkpoint)

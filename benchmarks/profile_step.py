@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.train_speed import PAPER_BATCHES, bench
@@ -33,7 +32,8 @@ def main() -> None:
     bench(args.method, args.size, batch, device, amp=amp, steps=1, warmup=2,
           representation_stride=stride)  # lazy CUDA module loading, allocator
     with profile(activities=activities) as prof:
-        row = bench(args.method, args.size, batch, device, amp=amp, steps=args.steps, warmup=0, representation_stride=stride)
+        row = bench(args.method, args.size, batch, device, amp=amp, steps=args.steps, warmup=0,
+                    representation_stride=stride)
     print(f"{args.method} {args.size}x{args.size} batch {row['batch']}: {row['sec_per_iter'] * 1000:.1f} ms/iter "
           f"under the profiler, {args.steps} steps profiled after warm-up")
     events = prof.key_averages()

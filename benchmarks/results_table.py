@@ -11,7 +11,8 @@ import sys
 
 def run_rows(entry: dict) -> list[str]:
     stages = entry["stages"]
-    done = ", ".join(f"{name} {s['iteration']}/{s['total']} at {s['sec_per_iter']:.3f} s/it" for name, s in stages.items())
+    done = ", ".join(f"{name} {s['iteration']}/{s['total']} at {s['sec_per_iter']:.3f} s/it"
+                     for name, s in stages.items())
     rows = []
     for checkpoint in ("best", "last"):
         summary = entry.get(f"test_{checkpoint}", {})

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import time
@@ -23,22 +22,21 @@ from datetime import date
 import torch
 
 from mona.config import Config
+from mona.engine.environment import cpu_name
 from mona.engine.schedule import ema_update
 from mona.engine.trainer import resolve_amp, resolve_device
 from mona.evaluation.inference import autocast
-from mona.methods import build_method
-from mona.methods.mona import MonaFinetune, MonaPretrain
+from mona.methods import method_stages
 
 PAPER_BATCHES = {"supervised": (12, 12), "mean_teacher": (12, 12), "mona_pretrain": (3, 3), "mona_finetune": (4, 4)}
 
 
 def make_method(name: str, num_classes: int, representation_stride: int = 1):
-    config = Config()
+    """`supervised`, `mean_teacher`, or one of MONA's stages (`mona_pretrain`, `mona_finetune`), as a run builds it."""
+    config = Config(method=name.split("_")[0] if name.startswith("mona") else name)
     config.mona.representation_stride = representation_stride
-    if name in ("supervised", "mean_teacher"):
-        config.method = name
-        return build_method(config, num_classes)
-    return (MonaPretrain if name == "mona_pretrain" else MonaFinetune)(num_classes, config.mona)
+    stages = {stage.name or config.method: stage for stage in method_stages(config)}
+    return stages[name.removeprefix("mona_") if name.startswith("mona") else name].build(num_classes)
 
 
 def fill_memory_banks(method) -> None:
@@ -130,7 +128,7 @@ def main() -> None:
         rows.append(bench(name, args.size, batch, device, amp, args.steps, args.warmup, args.representation_stride,
                           args.compile))
     reference = next((r["sec_per_iter"] for r in rows if r["method"] == "mean_teacher"), None)
-    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"{hardware}, {torch.get_num_threads()} threads, {args.size}x{args.size}, amp={amp}, "
           f"representation stride {args.representation_stride}, cudnn.benchmark={torch.backends.cudnn.benchmark}, "
           f"compile={args.compile}, torch {torch.__version__}, {date.today()}")

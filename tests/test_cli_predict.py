@@ -23,8 +23,15 @@ from mona.engine.run import train
 from mona.errors import MonaError
 from mona.evaluation import predict as predict_module
 from mona.evaluation.postprocess import keep_largest_component
-from mona.evaluation.predict import (Layout, Preprocessing, inference_amp, load_predictor, predict_file,
-                                     preprocessing_from_metadata, run_preprocessing)
+from mona.evaluation.predict import (
+    Layout,
+    Preprocessing,
+    inference_amp,
+    load_predictor,
+    predict_file,
+    preprocessing_from_metadata,
+    run_preprocessing,
+)
 
 # Rotated in-plane, anisotropic (1.2 x 1.2 x 8 mm), shifted: nothing about it is the identity.
 AFFINE = np.array([[0.0, -1.2, 0.0, 10.0], [1.2, 0.0, 0.0, -5.0], [0.0, 0.0, 8.0, 3.0], [0.0, 0.0, 0.0, 1.0]])
@@ -230,12 +237,24 @@ def test_unusable_run_is_fatal(trained, tmp_path, capsys, problem):
     assert not (tmp_path / "out").exists()
 
 
+def test_checkpoints_carry_their_preprocessing(trained):
+    """predict needs the run folder alone: the dataset's normalisation and layout are in the checkpoint."""
+    root, run = trained
+    meta = json.loads((root / "mona.json").read_text())
+    state = torch.load(run / "best.pt", weights_only=True)
+    assert state["preprocessing"]["normalisation"] == meta["normalisation"]
+    state["config"]["data"]["root"] = "/nonexistent/dataset"
+    assert run_preprocessing(state, run / "best.pt") == preprocessing_from_metadata(meta)
+
+
 def test_dataset_with_other_class_count_is_refused(trained, tmp_path):
+    """A checkpoint from before checkpoints carried their preprocessing reads its dataset's mona.json."""
     root, run = trained
     state = torch.load(run / "best.pt", weights_only=True)
     meta = json.loads((root / "mona.json").read_text())
     (tmp_path / "mona.json").write_text(json.dumps({**meta, "num_classes": 8}))
     state["config"]["data"]["root"] = str(tmp_path)
+    state["preprocessing"] = {}
     with pytest.raises(MonaError, match="predicts 4 classes, but its dataset .* declares 8"):
         run_preprocessing(state, run / "best.pt")
 

@@ -131,8 +131,10 @@ BAD_INPUTS = {
     "nan_nifti": (lambda d: write_nifti(d / "nan.nii", NAN_IMAGE), read_volume),
     "fractional_labels": (lambda d: write_h5(d / "frac.h5", label=np.full((2, 2, 2), 0.5)), read_volume),
     "negative_labels": (lambda d: write_h5(d / "neg.h5", label=np.full((2, 2, 2), -1)), read_label_volume),
-    "bad_spacing": (lambda d: write_h5(d / "sp.h5", label=np.zeros((2, 2, 2)), attrs={"spacing": [1.0, 0.0]}), read_volume),
-    "mismatched_keys": (lambda d: write_h5(d / "mis.h5", image=np.zeros((2, 2, 2)), label=np.zeros((2, 2, 3))), read_volume),
+    "bad_spacing": (lambda d: write_h5(d / "sp.h5", label=np.zeros((2, 2, 2)), attrs={"spacing": [1.0, 0.0]}),
+                    read_volume),
+    "mismatched_keys": (lambda d: write_h5(d / "mis.h5", image=np.zeros((2, 2, 2)), label=np.zeros((2, 2, 3))),
+                        read_volume),
     "wrong_extension": (lambda d: write_bytes(d / "vol.npy", b"x"), read_volume),
 }
 

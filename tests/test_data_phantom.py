@@ -72,7 +72,7 @@ def test_h5_layout_and_metadata(phantom):
 def test_values_and_class_balance(phantom):
     slices, volumes = all_arrays(phantom)
     images = np.concatenate([i.ravel() for i, _ in slices + volumes])
-    labels = np.concatenate([l.ravel() for _, l in slices + volumes])
+    labels = np.concatenate([label.ravel() for _, label in slices + volumes])
     assert images.min() >= 0 and images.max() <= 1
     assert set(np.unique(labels)) == {0, 1, 2, 3}
     assert 0.9 < np.mean(labels == 0) < 0.98

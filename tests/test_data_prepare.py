@@ -219,8 +219,8 @@ def test_acdc_names_ed_es_frames_and_keeps_stored_order(tmp_path):
     assert np.array_equal(read_h5(out / "data" / "slices" / "patient003_frame02_slice_1.h5")[0], volume[0])
 
 
-def nnunet_tree(root: Path, channel: str, labels: dict, affine=np.diag([4.0, 1.0, 1.2, 1.0]), cases=5,
-                test_cases=0, seed=3):
+def nnunet_tree(root: Path, channel: str, labels: dict, affine=None, cases=5, test_cases=0, seed=3):
+    affine = np.diag([4.0, 1.0, 1.2, 1.0]) if affine is None else affine
     rng = np.random.default_rng(seed)
     (root).mkdir(parents=True)
     (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": channel}, "labels": labels,

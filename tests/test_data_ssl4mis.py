@@ -50,9 +50,10 @@ def test_names():
 
 
 @needs_acdc
-@pytest.mark.parametrize("labeled, count, first", [("1", 32, ["patient099"]), ("3", 68, ["patient099", "patient038", "patient050"]),
-                                                   ("7", 136, ["patient099", "patient038", "patient050", "patient100",
-                                                               "patient058", "patient021", "patient049"])])
+@pytest.mark.parametrize("labeled, count, first", [
+    ("1", 32, ["patient099"]), ("3", 68, ["patient099", "patient038", "patient050"]),
+    ("7", 136, ["patient099", "patient038", "patient050", "patient100", "patient058", "patient021", "patient049"]),
+])
 def test_acdc_budgets(labeled, count, first):
     names = read_list(ACDC / "train_slices.list")
     labeled_idx, unlabeled_idx = split_budget(names, labeled)

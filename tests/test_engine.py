@@ -12,12 +12,12 @@ from torch import nn
 
 from mona.config import load_config
 from mona.data.phantom import write_phantom
+from mona.engine import trainer as trainer_module
 from mona.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from mona.engine.run import load_run_model, resume_config, train
 from mona.engine.schedule import ema_momentum, ema_update, poly_lr
-from mona.methods.base import sigmoid_rampup
-from mona.engine import trainer as trainer_module
 from mona.errors import MonaError, RunInterrupted
+from mona.methods.base import sigmoid_rampup
 from mona.methods.mean_teacher import MeanTeacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -102,7 +102,8 @@ def test_ema_update_equals_the_formula():
             assert torch.equal(value, before_t[key]), key
     assert all(torch.equal(v, before_s[k]) for k, v in student.state_dict().items())  # student untouched
     ema_update(teacher, student, 0.0)
-    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in student.state_dict().items() if v.is_floating_point())
+    floats = {k: v for k, v in student.state_dict().items() if v.is_floating_point()}
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in floats.items())
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -162,7 +163,8 @@ def test_load_weights_reports_mismatch(tmp_path):
         load_weights(big, small.state_dict(), tmp_path / "x.pt")
     assert info.value.path == str(tmp_path / "x.pt")
     with pytest.raises(MonaError, match="lacks"):
-        load_weights(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), {"0.weight": torch.zeros(4, 3)}, tmp_path / "x.pt")
+        load_weights(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), {"0.weight": torch.zeros(4, 3)},
+                     tmp_path / "x.pt")
 
 
 # --- training runs ---------------------------------------------------------------------------
@@ -245,7 +247,8 @@ MEAN_TEACHER_RUN = ("method=mean_teacher", "train.iterations=6", "train.val_ever
 def test_ctrl_c_saves_the_step_and_resume_equals_uninterrupted(phantom, tmp_path, interrupt_at,
                                                                 straight_mean_teacher):
     interrupted = tmp_path / "interrupted"
-    with interrupt_at(MeanTeacher, 6, 4) as calls, pytest.raises(RunInterrupted, match="stopped at iteration 5") as info:
+    with interrupt_at(MeanTeacher, 6, 4) as calls, \
+            pytest.raises(RunInterrupted, match="stopped at iteration 5") as info:
         train(make_config(phantom, interrupted, *MEAN_TEACHER_RUN))
     assert calls == [0, 1, 2, 3, 4]  # the step under way when Ctrl-C came is finished, then saved
     assert info.value.exit_code == 130 and f"mona train --resume {interrupted}" in str(info.value)

@@ -151,7 +151,8 @@ def test_stale_temporary_files_are_removed_on_resume(finished_run, tmp_path):
 
 
 @pytest.mark.parametrize("override, key", [
-    ("optim.lr=-1", "optim.lr"), ("data.image_size=0", "data.image_size"), ("data.batch_labeled=0", "data.batch_labeled"),
+    ("optim.lr=-1", "optim.lr"), ("data.image_size=0", "data.image_size"),
+    ("data.batch_labeled=0", "data.batch_labeled"),
     ("train.val_every=0", "train.val_every"), ("mona.queue_size=0", "mona.queue_size"),
     ("train.iterations=-5", "train.iterations"), ("train.iterations=0", "train.iterations"), ("mona.ema=2", "mona.ema"),
     ("mona.patch_size=1000", "mona.patch_size"), ("mean_teacher.rampup=1.5", "mean_teacher.rampup"),

@@ -103,7 +103,8 @@ def test_compare_folders_mixed_formats_use_truth_spacing(folders):
     rows, summary = compare_folders(*folders, num_classes=3)
     pred1, truth1 = volume_pair(1)
     pred2, truth2 = volume_pair(2)
-    expected = score_case(pred1, truth1, 3, (5.0, 1.0, 1.0), "case1") + score_case(pred2, truth2, 3, (2.0, 0.5, 0.5), "case2")
+    expected = (score_case(pred1, truth1, 3, (5.0, 1.0, 1.0), "case1")
+                + score_case(pred2, truth2, 3, (2.0, 0.5, 0.5), "case2"))
     assert [r["case"] for r in rows] == ["case1", "case1", "case2", "case2"]
     for got, want in zip(rows, expected):
         assert got == pytest.approx(want)

@@ -15,9 +15,9 @@ import mona.engine.trainer as trainer_module
 from mona.cli.main import main
 from mona.data.phantom import write_phantom
 from mona.engine.checkpoint import load_checkpoint
+from mona.errors import MonaError
 from mona.experiments import grid
 from mona.experiments import report as report_module
-from mona.errors import MonaError
 from mona.experiments.grid import plan, record_grid, run_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,10 +101,11 @@ def test_report_numbers_are_the_runs(grid_run):
         summary = summaries[row["run"]][row["checkpoint"]]
         expected = summary["mean"] if row["class"] == "mean" else next(
             c for c in summary["classes"] if c["name"] == row["class"])
-        assert float(row["dice"]) == pytest.approx(expected["dice"] if row["class"] == "mean" else expected["dice"]["mean"])
+        dice = expected["dice"] if row["class"] == "mean" else expected["dice"]["mean"]
+        assert float(row["dice"]) == pytest.approx(dice)
     for method in ("supervised", "mean_teacher"):
         for checkpoint, label in (("best", "best on val"), ("last", "last")):
-            line = next(l for l in report.splitlines() if l.startswith(f"| {method} | 1 | {label} | 2 |"))
+            line = next(row for row in report.splitlines() if row.startswith(f"| {method} | 1 | {label} | 2 |"))
             cells = line.split("|")[1:-1]
             dice = [100 * summaries[f"{method}_l1_s{s}"][checkpoint]["mean"]["dice"] for s in (0, 1)]
             hd95 = [summaries[f"{method}_l1_s{s}"][checkpoint]["mean"]["hd95"] for s in (0, 1)]
@@ -125,9 +126,11 @@ def test_paired_table_is_the_volumes_of_both_methods(grid_run):
     cases = sorted(per_volume["supervised_l1_s0"])
     gains = [np.mean([per_volume[f"mean_teacher_l1_s{s}"][c] - per_volume[f"supervised_l1_s{s}"][c] for s in (0, 1)])
              for c in cases]
-    line = next(l for l in (out / "report.md").read_text().splitlines() if l.startswith("| 1 | mean_teacher | supervised |"))
+    rows = (out / "report.md").read_text().splitlines()
+    line = next(row for row in rows if row.startswith("| 1 | mean_teacher | supervised |"))
     cells = [c.strip() for c in line.split("|")[1:-1]]
-    assert cells[3:7] == ["0,1", str(len(cases)), f"{100 * np.mean(gains):+.1f}", f"{sum(g > 0 for g in gains)}/{len(cases)}"]
+    ahead = sum(g > 0 for g in gains)
+    assert cells[3:7] == ["0,1", str(len(cases)), f"{100 * np.mean(gains):+.1f}", f"{ahead}/{len(cases)}"]
 
 
 def test_paired_comparison_averages_seeds_per_volume(tmp_path):
@@ -215,7 +218,7 @@ def test_grid_record_keeps_earlier_runs_and_refuses_another_protocol(tmp_path):
 def test_reproduce_into_a_grid_of_another_protocol_is_a_user_error(grid_run, monkeypatch, capsys):
     out, _ = grid_run
     monkeypatch.setattr(grid, "train", lambda *a, **k: pytest.fail("trained despite the protocol mismatch"))
-    args = ["reproduce", "--data", str(out.parent / "data"), "--methods", "supervised", "--labeled", "1", "--seeds", "0",
-            "--protocol", "cpu-small", "--out", str(out), *OVERRIDES]
+    args = ["reproduce", "--data", str(out.parent / "data"), "--methods", "supervised", "--labeled", "1",
+            "--seeds", "0", "--protocol", "cpu-small", "--out", str(out), *OVERRIDES]
     assert main(args) == 2
     assert "choose another --out" in capsys.readouterr().err

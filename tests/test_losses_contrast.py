@@ -140,8 +140,8 @@ def test_alpha_schedule_releases_anchors_over_the_run():
 def test_loss_matches_loop_reference(device, num_classes, queries, negatives):
     student, teacher, labels, probs, labeled = _batch(10 + num_classes, num_classes)
     bank, rows = _prefilled(num_classes, 6, seed=1)
-    expected = reference_loss(student, teacher, labels, probs, labeled, 0.3, rows, torch.Generator().manual_seed(7), device,
-                              queries, negatives)
+    expected = reference_loss(student, teacher, labels, probs, labeled, 0.3, rows, torch.Generator().manual_seed(7),
+                              device, queries, negatives)
     loss_fn = AnatomicalContrastLoss(num_queries=queries, num_negatives=negatives, temperature=TEMP)
     bank = bank.to(device)
     loss = loss_fn(

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def batches(seed=0, n=2, size=32):
     g = torch.Generator().manual_seed(seed)
-    labeled = {"image": torch.rand(n, 1, size, size, generator=g), "label": torch.randint(0, 4, (n, size, size), generator=g)}
+    labeled = {"image": torch.rand(n, 1, size, size, generator=g),
+               "label": torch.randint(0, 4, (n, size, size), generator=g)}
     unlabeled = {"image": torch.rand(n, 1, size, size, generator=g)}
     return labeled, unlabeled
 

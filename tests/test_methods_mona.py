@@ -9,7 +9,7 @@ import torch
 from mona.config import load_config
 from mona.data.phantom import write_phantom
 from mona.engine.run import evaluate_run, resume_config, train
-from mona.errors import MonaError, RunInterrupted
+from mona.errors import RunInterrupted
 from mona.methods.mona import MonaFinetune, MonaPretrain
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -45,7 +45,8 @@ def warp_affine(
     warped = F.grid_sample(image.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if label is None:
         return warped.to(image.dtype), None
-    warped_label = F.grid_sample(label[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    warped_label = F.grid_sample(label[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+                                 align_corners=False)
     return warped.to(image.dtype), warped_label[:, 0].round().long()
 
 

@@ -36,7 +36,8 @@ def format_comparison(results: dict[str, dict]) -> str:
     lines = [f"test volumes: {first['cases']}, distances in {unit}, per-class columns are Dice %", header]
     for method, summary in results.items():
         mean = summary["mean"]
-        row = f"{method:<14}{100 * mean['dice']:>8.1f}{100 * mean['jaccard']:>8.1f}{mean['hd95']:>8.2f}{mean['asd']:>8.2f}"
+        row = (f"{method:<14}{100 * mean['dice']:>8.1f}{100 * mean['jaccard']:>8.1f}"
+               f"{mean['hd95']:>8.2f}{mean['asd']:>8.2f}")
         lines.append(row + "".join(f"{100 * c['dice']['mean']:>9.1f}" for c in summary["classes"]))
     return "\n".join(lines)
 

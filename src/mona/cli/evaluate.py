@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--data", metavar="DIR", help="the run's dataset, when it moved from where the run recorded it")
     parser.add_argument("--largest-component", action="store_true",
-                        help="keep each class's largest connected component (writes eval_<split>_<checkpoint>_largest/)")
+                        help="keep each class's largest connected component "
+                        "(writes eval_<split>_<checkpoint>_largest/)")
     add_folder_arguments(parser)
 
 

@@ -13,8 +13,9 @@ h5 volumes are taken as prepared. Each mask is written to OUT under the input's 
 in the input's shape, voxel order, affine and header (h5: key `label`).
 
 --probabilities adds per-class float32 maps (h5 key `probabilities`, or OUT/probabilities/ as
-4D NIfTI, before --largest-component); --overlay writes OUT/overlays/<name>.png; --truth DIR scores each case against the
-label volume of the same name there into OUT/cases.csv and OUT/summary.json.
+4D NIfTI, before --largest-component); --overlay writes OUT/overlays/<name>.png;
+--truth DIR scores each case against the label volume of the same name there into
+OUT/cases.csv and OUT/summary.json.
 A bad case is reported and skipped: the exit code is 1 if any case failed, 2 for a bad run.
 """
 

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all three)")
     parser.add_argument("--labeled", default="1,3,7", help="comma-separated labeled-patient budgets (default 1,3,7)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--protocol", default="cpu-small", help=f"preset or YAML file ({', '.join(preset_names())}; default cpu-small)")
+    parser.add_argument("--protocol", default="cpu-small",
+                        help=f"preset or YAML file ({', '.join(preset_names())}; default cpu-small)")
     parser.add_argument("--out", required=True, metavar="DIR", help="grid folder (runs, report)")
     parser.add_argument("--ablate", metavar="N", help="add MONA ablations at N labeled patients")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")

@@ -3,7 +3,8 @@
   mona train --data DIR --method mean_teacher --labeled 7 --config cpu-small --out runs/mt7
   mona train --data DIR --method supervised --labeled all train.iterations=5000
   mona train --resume runs/mt7 [--iterations 5000]
-  mona train --gpus 4 --data DIR --method mona --labeled 3 --config paper   # = torchrun --nproc_per_node 4 -m mona train ...
+  mona train --gpus 4 --data DIR --method mona --labeled 3 --config paper
+      (= torchrun --nproc_per_node 4 -m mona train ...)
 
 Settings come from the defaults, then each --config (a preset name: paper, cpu-small,
 demo; or a YAML file), then the flags, then key=value overrides (e.g. optim.lr=0.02),
@@ -49,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="train into a folder that holds an earlier run, deleting that run's files first")
-    parser.add_argument("--gpus", type=int, metavar="N", help="data-parallel on N GPUs: relaunches itself under torchrun")
+    parser.add_argument("--gpus", type=int, metavar="N",
+                        help="data-parallel on N GPUs: relaunches itself under torchrun")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.02")
 

@@ -132,7 +132,8 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
     """uint8 labels; float files are accepted when every value is a whole number in 0..255."""
     _check_3d(array, "label volume", path)
     if array.size and not np.issubdtype(array.dtype, np.bool_):
-        whole = np.issubdtype(array.dtype, np.integer) or (np.isfinite(array).all() and (array == np.round(array)).all())
+        whole = np.issubdtype(array.dtype, np.integer) or (
+            np.isfinite(array).all() and (array == np.round(array)).all())
         if not whole:
             raise MonaError("label values must be whole numbers", path)
         low, high = array.min(), array.max()

@@ -35,6 +35,7 @@ from mona.errors import MonaError
 from mona.randomness import host_to_device
 
 ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
+PREPROCESSING_KEYS = ("normalisation", "orientation", "slicing_axis")
 
 
 def volume_of(slice_name: str) -> str:
@@ -47,10 +48,13 @@ def patient_of(name: str) -> str:
     return re.sub(r"_frame\d+$", "", volume_of(name))
 
 
-def read_list(path: Path) -> list[str]:
-    if not path.is_file():
-        raise MonaError("list file is missing (is this an SSL4MIS-layout dataset?)", path)
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+def read_list(path: Path, text: str | None = None) -> list[str]:
+    """Non-empty lines of a list file (`text` when already read, e.g. from package data)."""
+    if text is None:
+        if not path.is_file():
+            raise MonaError("list file is missing (is this an SSL4MIS-layout dataset?)", path)
+        text = path.read_text()
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
         raise MonaError("list file is empty", path)
     return names
@@ -91,6 +95,13 @@ class DatasetInfo:
     class_names: list[str]
     spacing: dict[str, tuple[float, ...]]  # per volume, in h5 array-axis order
     metadata: dict
+
+    @property
+    def preprocessing(self) -> dict:
+        """How raw scans became this dataset's arrays (normalisation, orientation, slicing axis), from
+        `mona.json`; every checkpoint carries it, so `predict` needs the run folder alone."""
+        meta = self.metadata.get("preprocessing") or self.metadata
+        return {"normalisation": "minmax", **{key: meta[key] for key in PREPROCESSING_KEYS if key in meta}}
 
 
 def dataset_info(root: str | Path, num_classes: int = 0) -> DatasetInfo:

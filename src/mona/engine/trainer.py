@@ -16,7 +16,6 @@ import math
 import signal
 import threading
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -57,12 +56,9 @@ def fast_bf16(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_amp(config: Config, device: torch.device, warn: bool = False) -> bool:
-    """`train.amp`, switched off where bf16 would slow training down (with a warning if `warn`)."""
+def resolve_amp(config: Config, device: torch.device) -> bool:
+    """`train.amp`, switched off where bf16 would slow training down (the engine says so once per run)."""
     if config.train.amp and config.train.amp_dtype == "bf16" and not fast_bf16(device):
-        if warn:
-            warnings.warn("train.amp: this CPU has no native bf16 (avx512_bf16/amx); training in fp32, "
-                          "which is faster here")
         return False
     return config.train.amp
 
@@ -104,7 +100,8 @@ class StopRequest:
                 signal.signal(sig, handler)
 
 
-def validate(method: Method, volumes: list[Volume3D], config: Config, device: torch.device, amp: bool) -> dict[str, float]:
+def validate(method: Method, volumes: list[Volume3D], config: Config, device: torch.device,
+             amp: bool) -> dict[str, float]:
     """Mean 3D Dice over val volumes and foreground classes, predicted by the student."""
     scores = []
     for volume in volumes:
@@ -147,7 +144,7 @@ class Trainer:
             "num_classes": self.method.num_classes,
             "class_names": self.info.class_names,
             "image_size": self.config.data.image_size,
-            "preprocessing": self.info.metadata.get("preprocessing", {}),
+            "preprocessing": self.info.preprocessing,
             "metrics": {"val": last_val, "best": best, **timing},
         }
 
@@ -318,7 +315,8 @@ class Trainer:
                     if distributed.any_rank(stop.requested, device) if parallel else stop.requested:
                         if main and saved_at != done:
                             save(done)
-                        raise RunInterrupted(f"[{method.name}] stopped at iteration {done}/{total}, last.pt saved there.")
+                        raise RunInterrupted(f"[{method.name}] stopped at iteration {done}/{total}, "
+                                             "last.pt saved there.")
         except KeyboardInterrupt:
             raise RunInterrupted(
                 f"[{method.name}] stopped at once during iteration {completed + 1}/{total}, "

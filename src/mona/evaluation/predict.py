@@ -147,8 +147,8 @@ def run_preprocessing(state: dict, checkpoint: Path) -> Preprocessing:
     meta_path = root / "mona.json"
     if not meta_path.is_file():
         if not root.is_dir():
-            warnings.warn(f"{root}: the run's dataset folder is gone; assuming min-max normalisation and stored "
-                          "voxel order")
+            warnings.warn(f"{root}: the dataset folder of this run (trained before checkpoints carried their "
+                          "preprocessing) is gone; assuming min-max normalisation and stored voxel order", stacklevel=2)
         return Preprocessing()
     try:
         meta = json.loads(meta_path.read_text())
@@ -164,7 +164,8 @@ def run_preprocessing(state: dict, checkpoint: Path) -> Preprocessing:
 def inference_amp(requested: bool, device: torch.device) -> bool:
     """`requested`, switched off (with a warning) where bf16 autocast is emulated and slower than fp32."""
     if requested and not fast_bf16(device):
-        warnings.warn("--amp: this device has no native bf16 (avx512_bf16/amx); predicting in fp32, which is faster")
+        warnings.warn("--amp: this device has no native bf16 (avx512_bf16/amx); predicting in fp32, which is faster",
+                      stacklevel=2)
         return False
     return requested
 

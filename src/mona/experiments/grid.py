@@ -41,7 +41,8 @@ def _spec(variant: str, method: str, labeled: str, seed: int, overrides: tuple[s
     return RunSpec(f"{variant}_l{labeled}_s{seed}", method, variant, str(labeled), seed, overrides)
 
 
-def plan(methods: Sequence[str], budgets: Sequence[str | int], seeds: Sequence[int], ablate: str | int | None = None) -> list[RunSpec]:
+def plan(methods: Sequence[str], budgets: Sequence[str | int], seeds: Sequence[int],
+         ablate: str | int | None = None) -> list[RunSpec]:
     """The runs of a grid: every method x budget x seed, the fully supervised upper bound
     (`supervised_lall_s<seed>`) for each seed, and with `ablate` N one MONA run per seed at
     budget N with each component of `ABLATIONS` switched off."""
@@ -62,7 +63,8 @@ def has_checkpoint(run_dir: Path) -> bool:
     return run_dir.is_dir() and any((folder / "last.pt").is_file() for folder in stage_folders(run_dir))
 
 
-def record_grid(path: Path, data: str | Path, protocol: str, overrides: Sequence[str], specs: Sequence[RunSpec]) -> None:
+def record_grid(path: Path, data: str | Path, protocol: str, overrides: Sequence[str],
+                specs: Sequence[RunSpec]) -> None:
     """Write OUT/grid.json: data, protocol, overrides and every run planned into OUT so far.
 
     A later call into the same OUT adds its runs to the list; one with another data folder,

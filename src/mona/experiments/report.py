@@ -181,12 +181,13 @@ def tables(runs: list[dict], acdc: bool) -> list[str]:
         for checkpoint, label in CHECKPOINTS.items():
             summaries = [r["summaries"][checkpoint] for r in members]
             head = f"| {variant} | {labeled} | {label} |"
-            class_dice = [cell([s["classes"][k]["dice"]["mean"] for s in summaries], 100.0, 1) for k in range(len(names))]
+            class_dice = [cell([s["classes"][k]["dice"]["mean"] for s in summaries], 100.0, 1)
+                          for k in range(len(names))]
             overall = metric_cells(summaries, lambda s: s["mean"])
             lines.append(f"{head} {len(members)} | {overall[0]} | {paper if paper is not None else '-'} | "
                          + " | ".join(overall[1:] + class_dice) + " |")
             for k, name in enumerate(names):
-                cells = metric_cells(summaries, lambda s: {m: s["classes"][k][m]["mean"] for m in METRICS})
+                cells = metric_cells(summaries, lambda s, k=k: {m: s["classes"][k][m]["mean"] for m in METRICS})
                 per_class.append(f"{head} {name} | " + " | ".join(cells) + " |")
     return lines + [""] + per_class
 
@@ -355,13 +356,15 @@ def build_report(out: str | Path) -> Path:
     write_results_csv(runs, out / "results.csv")
     first = runs[0]
     acdc = acdc_like(first["config"]["data"]["root"], [c["name"] for c in first["summaries"]["best"]["classes"]])
-    hardware_lines = sorted({r["hardware"] for r in runs if r["hardware"]}) or [f"{one_line(describe(resolve_device('auto'), 'fp32'))} (report machine)"]
+    here = one_line(describe(resolve_device("auto"), "fp32"))
+    hardware_lines = sorted({r["hardware"] for r in runs if r["hardware"]}) or [f"{here} (report machine)"]
     total = sum(r["train_seconds"] for r in runs)
     lines = [f"# Results of {len(runs)} finished runs", "", *protocol_lines(out, runs),
              *(f"- Hardware: {h}" for h in hardware_lines),
              f"- Total training wall time: {total / 3600:.2f} h ({total:.0f} s, sum of the runs' train_seconds)",
              f"- Paper Dice: MONA_SPEC sections 7-8 (ACDC){'' if acdc else '; not ACDC, so not shown'}",
-             "", *tables(runs, acdc), "", *paired_lines(runs), "", "## Figures", "", "![Dice against label budget](dice_vs_budget.png)", ""]
+             "", *tables(runs, acdc), "", *paired_lines(runs), "", "## Figures", "",
+             "![Dice against label budget](dice_vs_budget.png)", ""]
     plot_dice_vs_budget(runs, out / "dice_vs_budget.png")
     data_here = Path(first["config"]["data"]["root"]).is_dir()
     by_variant: dict[str, dict[str, dict]] = defaultdict(dict)

@@ -40,7 +40,8 @@ class SimilarityDistillationLoss(nn.Module):
         self.tau_teacher = tau_teacher
 
     def forward(self, student: Tensor, teacher: Tensor, anchors: Tensor) -> Tensor:
-        if student.dim() != 2 or teacher.shape != student.shape or anchors.dim() != 2 or anchors.shape[1] != student.shape[1]:
+        if (student.dim() != 2 or teacher.shape != student.shape or anchors.dim() != 2
+                or anchors.shape[1] != student.shape[1]):
             raise ValueError(
                 f"expected student (N, D), teacher (N, D), anchors (K, D), got "
                 f"{tuple(student.shape)}, {tuple(teacher.shape)}, {tuple(anchors.shape)}"

@@ -40,7 +40,8 @@ class NearestNeighbourLoss(nn.Module):
 
     def forward(self, student: Tensor, bank: Tensor) -> Tensor:
         if student.dim() != 2 or bank.dim() != 2 or bank.shape[1] != student.shape[1]:
-            raise ValueError(f"expected student (N, D) and bank (K, D), got {tuple(student.shape)} and {tuple(bank.shape)}")
+            raise ValueError(f"expected student (N, D) and bank (K, D), got {tuple(student.shape)} and "
+                             f"{tuple(bank.shape)}")
         if bank.shape[0] == 0:
             return student.sum() * 0.0
         with torch.autocast(device_type=student.device.type, enabled=False):

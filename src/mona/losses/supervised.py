@@ -49,6 +49,7 @@ class SupervisedSegLoss(nn.Module):
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         if logits.dim() != 4 or labels.shape != (logits.shape[0], *logits.shape[2:]):
-            raise ValueError(f"expected logits (B, C, H, W) and labels (B, H, W), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+            raise ValueError(f"expected logits (B, C, H, W) and labels (B, H, W), got {tuple(logits.shape)} and "
+                             f"{tuple(labels.shape)}")
         with torch.autocast(device_type=logits.device.type, enabled=False):
             return self.dice_ce(logits.float(), labels.unsqueeze(1).long())

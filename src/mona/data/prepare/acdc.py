@@ -15,8 +15,16 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from mona.data.prepare.common import (DatasetMeta, Log, derive_volumes, identity_labels, minmax, raw_folder,
-                                     read_list, write_dataset)
+from mona.data.prepare.common import (
+    DatasetMeta,
+    Log,
+    derive_volumes,
+    identity_labels,
+    minmax,
+    raw_folder,
+    write_dataset,
+)
+from mona.data.ssl4mis import read_list
 from mona.errors import MonaError
 
 CLASSES = ["background", "RV", "Myo", "LV"]

@@ -204,18 +204,6 @@ def raw_folder(path: str | Path) -> Path:
     return path
 
 
-def read_list(path: Path, text: str | None = None) -> list[str]:
-    """Non-empty lines of a list file (`text` when already read, e.g. from package data)."""
-    if text is None:
-        if not path.is_file():
-            raise MonaError("list file is missing", path)
-        text = path.read_text()
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    if not names:
-        raise MonaError("list file is empty", path)
-    return names
-
-
 def find_files(root: Path, pattern: str) -> dict[str, Path]:
     """Case key -> file for the NIfTI files below `root` whose names match `pattern` (group 1 = the key)."""
     found: dict[str, Path] = {}

@@ -28,9 +28,21 @@ from pathlib import Path
 
 import numpy as np
 
-from mona.data.prepare.common import (DatasetMeta, Log, canonical_spacing, check_output, find_pairs, find_scans,
-                                     load_nifti, percentile_window, raw_folder, read_raw, split_cases,
-                                     window_normalisation, write_dataset)
+from mona.data.prepare.common import (
+    DatasetMeta,
+    Log,
+    canonical_spacing,
+    check_output,
+    find_pairs,
+    find_scans,
+    load_nifti,
+    percentile_window,
+    raw_folder,
+    read_raw,
+    split_cases,
+    window_normalisation,
+    write_dataset,
+)
 from mona.data.ssl4mis import patient_of
 from mona.errors import MonaError
 
