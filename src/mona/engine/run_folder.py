@@ -131,7 +131,12 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
+            try:
+                mine = int(self.path.read_text().split()[0]) == os.getpid()
+            except (OSError, ValueError, IndexError):
+                mine = False
+            if mine:  # a lock another process took over (ours looked stale to it) stays
+                self.path.unlink(missing_ok=True)
             self.held = False
 
 

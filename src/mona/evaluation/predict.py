@@ -232,6 +232,24 @@ class Predictor:
         """
         return self.segmentation(image, affine, spacing).mask
 
+    def segment_file(self, path: str | Path) -> np.ndarray:
+        """The mask of a NIfTI file, in nibabel's order (aligned with `nib.load(path).get_fdata()`),
+        or of an h5 volume, in its (D, H, W) order: what `mona predict` writes, as an array."""
+        path = Path(path)
+        found = self.volume_segmentation(read_volume(path), path)
+        return found.labels if split_name(path)[1] == ".h5" else found.mask
+
+    def volume_segmentation(self, volume: Volume, path: Path) -> Segmentation:
+        """`segmentation` of a volume read from `path` (an h5 volume is taken as prepared)."""
+        if volume.image is None:
+            raise MonaError("holds no 'image' to segment (only a 'label')", path)
+        if split_name(path)[1] == ".h5":
+            return self.predict_prepared(volume.image)
+        try:
+            return self.segmentation(volume.image.transpose(2, 1, 0), volume.affine)
+        except MonaError as error:
+            raise MonaError(str(error), path) from None
+
     def segmentation(self, image: np.ndarray, affine: np.ndarray | None = None, spacing=None) -> Segmentation:
         """`segment`, keeping the network input, probabilities and layout (for maps and overlays)."""
         return self.predict_prepared(*self.network_input(image, affine, spacing))
@@ -312,16 +330,8 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *,
     if output.resolve() == path.resolve():
         raise MonaError("the output would overwrite this input: choose another output folder", path)
     volume = read_volume(path)
-    if volume.image is None:
-        raise MonaError("holds no 'image' to segment (only a 'label')", path)
     truth_volume = None if truth is None else _read_truth(Path(truth), volume, predictor.num_classes)
-    if ext == ".h5":
-        found = predictor.predict_prepared(volume.image)
-    else:
-        try:
-            found = predictor.segmentation(volume.image.transpose(2, 1, 0), volume.affine)
-        except MonaError as error:
-            raise MonaError(str(error), path) from None
+    found = predictor.volume_segmentation(volume, path)
     layout, labels = found.layout, found.labels
     result = CaseResult(name, path, output)
     maps = layout.to_raw(found.probabilities.numpy().transpose(1, 2, 3, 0)) if probabilities else None  # (x, y, z, C)
