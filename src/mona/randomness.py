@@ -8,7 +8,7 @@ on a CUDA step, drawing 10^5-10^6 numbers on the CPU and copying them over cost 
 the kernels that use them. Small draws reach a CUDA device through `host_to_device`: a
 copy from pageable host memory makes the CPU wait until the GPU has finished all queued
 work (CUDA synchronises the stream first), and a MONA step made ~125 of them (profile of
-2026-11-27, docs/results.md), so the CPU could never queue work ahead of the GPU.
+2026-11-27, docs/results/2026-11-27-diary.md), so the CPU could never queue work ahead of the GPU.
 """
 
 from __future__ import annotations
