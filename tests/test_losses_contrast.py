@@ -12,8 +12,10 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.i
 Q, N, TEMP = 4, 5, 0.5
 
 
-def reference_select(labels, probs, labeled, progress):
-    """Anchor/negative masks pixel by pixel: entropy split at the (100 - alpha_t) percentile,
+def reference_select(labels, probs, labeled, progress, entropy_split="spec"):
+    """Anchor/negative masks pixel by pixel. "spec": the m = max(ceil(n alpha_t / 100), 1) most
+    certain unlabeled pixels may be anchors and the m most uncertain negatives, labeled pixels
+    are not gated; "one_cut": one split of all pixels at the (100 - alpha_t) percentile. Then the
     top-3 window on labeled slices, ranks >= min(3, C - 1) on unlabeled ones."""
     b, c, h, w = probs.shape
     pixels = [(i, y, x) for i in range(b) for y in range(h) for x in range(w)]
@@ -21,22 +23,31 @@ def reference_select(labels, probs, labeled, progress):
     for i, y, x in pixels:
         entropy[i, y, x] = -sum(float(p) * math.log(float(p)) for p in probs[i, :, y, x] if p > 0)
     alpha = 20.0 * (1.0 - progress)
-    ordered = sorted(entropy.values())
-    k = min(max(math.ceil(len(ordered) * (100 - alpha) / 100), 1), len(ordered))
-    gamma = ordered[k - 1]
+    if entropy_split == "one_cut":
+        ordered = sorted(entropy.values())
+        k = min(max(math.ceil(len(ordered) * (100 - alpha) / 100), 1), len(ordered))
+        low = high = ordered[k - 1]
+        gated = pixels
+    else:
+        ordered = sorted(entropy[i, y, x] for i, y, x in pixels if not labeled[i])
+        m = min(max(math.ceil(len(ordered) * alpha / 100), 1), len(ordered))
+        low, high = ordered[m - 1], ordered[-m]
+        gated = [(i, y, x) for i, y, x in pixels if not labeled[i]]
+    certain = {pixel: pixel not in gated or entropy[pixel] <= low for pixel in pixels}
+    uncertain = {pixel: pixel not in gated or entropy[pixel] >= high for pixel in pixels}
     anchors = torch.zeros(b, c, h, w, dtype=torch.bool)
     negatives = torch.zeros(b, c, h, w, dtype=torch.bool)
     for i, y, x in pixels:
         p = [float(v) for v in probs[i, :, y, x]]
         for cls in range(c):
             rank = sum(1 for other in p if other > p[cls])
-            if labels[i, y, x] == cls and entropy[i, y, x] <= gamma and p[cls] > 0.3:
+            if labels[i, y, x] == cls and certain[i, y, x] and p[cls] > 0.3:
                 anchors[i, cls, y, x] = True
             if labeled[i]:
                 hard = rank < min(3, c) and labels[i, y, x] != cls
             else:
                 hard = rank >= min(3, c - 1)
-            if hard and entropy[i, y, x] >= gamma and p[cls] < 0.97:
+            if hard and uncertain[i, y, x] and p[cls] < 0.97:
                 negatives[i, cls, y, x] = True
     return anchors, negatives
 
@@ -104,12 +115,14 @@ def test_docstring_examples_run():
     assert result.attempted > 0 and result.failed == 0
 
 
+@pytest.mark.parametrize("entropy_split", ["spec", "one_cut"])
 @pytest.mark.parametrize("num_classes", [2, 3, 4, 6])
 @pytest.mark.parametrize("progress", [0.0, 0.6, 1.0])
-def test_select_matches_pixel_loop(num_classes, progress):
+def test_select_matches_pixel_loop(num_classes, progress, entropy_split):
     _, _, labels, probs, labeled = _batch(num_classes + int(10 * progress), num_classes, b=3)
-    anchors, negatives = AnatomicalContrastLoss().select(labels, probs, labeled, progress)
-    expected_anchors, expected_negatives = reference_select(labels, probs, labeled, progress)
+    loss_fn = AnatomicalContrastLoss(entropy_split=entropy_split)
+    anchors, negatives = loss_fn.select(labels, probs, labeled, progress)
+    expected_anchors, expected_negatives = reference_select(labels, probs, labeled, progress, entropy_split)
     assert torch.equal(anchors, expected_anchors)
     assert torch.equal(negatives, expected_negatives)
     assert anchors.any()
@@ -123,15 +136,65 @@ def test_unlabeled_negatives_exist_for_three_classes():
     assert all(negatives[:, c].any() for c in range(3))
 
 
-def test_alpha_schedule_releases_anchors_over_the_run():
+def _entropy(probs):
+    return -torch.special.xlogy(probs, probs).sum(dim=1)
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.5, 0.99, 1.0])
+def test_spec_split_takes_the_alpha_most_certain_and_uncertain_unlabeled_pixels(progress):
+    _, _, labels, probs, _ = _batch(6, b=2, h=16, w=16)
+    labeled = torch.tensor([True, False])
+    loss_fn = AnatomicalContrastLoss(anchor_threshold=0.0, negative_threshold=1.0, unlabeled_rank_start=0)
+    anchors, negatives = loss_fn.select(labels, probs, labeled, progress)
+    entropy = _entropy(probs)[1].flatten()
+    share = math.ceil(256 * 20 * (1 - progress) / 100) or 1  # the alpha_t %, at least one pixel (no empty set)
+    assert torch.equal(anchors[1].any(dim=0).flatten(), entropy <= entropy.sort().values[share - 1])
+    assert torch.equal(negatives[1].any(dim=0).flatten(), entropy >= entropy.sort().values[-share])
+    assert int(anchors[1].any(dim=0).sum()) == share  # continuous entropies: no ties
+    # labeled pixels are not gated by entropy: every pixel is an anchor of its truth, at any t
+    assert torch.equal(anchors[0], labels[0] == torch.arange(4).view(4, 1, 1))
+
+
+def test_spec_split_keeps_the_banks_filling_at_the_end_of_the_run():
+    student, teacher, labels, probs, labeled = _batch(7, b=4, h=16, w=16)
+    labeled = torch.tensor([True, True, False, False])
+    counts = {}
+    for split in ("spec", "one_cut"):
+        bank = ClassMemoryBank([10**6] * 4, dim=6)
+        AnatomicalContrastLoss(num_queries=4, num_negatives=4, entropy_split=split)(
+            student, teacher, labels, probs, labeled, 1.0, bank, torch.Generator().manual_seed(0))
+        counts[split] = sum(bank.filled(c) for c in range(4))
+    assert counts["one_cut"] <= 3  # the earlier reading: the single most uncertain pixel of the batch
+    assert counts["spec"] > 500  # the labeled half: every pixel, for the other classes of its top 3
+
+
+def test_one_cut_split_releases_anchors_over_the_run():
     _, _, labels, probs, labeled = _batch(6, b=2, h=8, w=8)
-    loss_fn = AnatomicalContrastLoss()
+    loss_fn = AnatomicalContrastLoss(entropy_split="one_cut")
     start, _ = loss_fn.select(labels, probs, labeled, 0.0)
     end, negatives_end = loss_fn.select(labels, probs, labeled, 1.0)
     eligible = (labels.unsqueeze(1) == torch.arange(4).view(1, 4, 1, 1)) & (probs > 0.3)
     assert torch.equal(end, eligible)  # alpha_T = 0: no pixel is unreliable
     assert start.sum() < end.sum()
     assert int(negatives_end.any(dim=1).sum()) <= 1  # only the most uncertain pixel remains
+
+
+def test_push_keeps_the_newest_negatives_that_fit():
+    student, teacher, labels, probs, labeled = _batch(8, b=2, h=8, w=8)
+    loss_fn = AnatomicalContrastLoss(num_queries=4, num_negatives=4)
+    _, negatives = loss_fn.select(labels, probs, labeled, 0.0)
+    small, large = ClassMemoryBank([5] * 4, dim=6), ClassMemoryBank([1000] * 4, dim=6)
+    for bank in (small, large):
+        loss_fn(student, teacher, labels, probs, labeled, 0.0, bank, torch.Generator().manual_seed(0))
+    for cls in range(4):
+        assert large.filled(cls) == int(negatives[:, cls].sum())
+        if large.filled(cls) >= 5:
+            torch.testing.assert_close(small.queues[cls].items(), large.queues[cls].items()[-5:])
+
+
+def test_rejects_an_unknown_entropy_split():
+    with pytest.raises(ValueError, match="entropy_split"):
+        AnatomicalContrastLoss(entropy_split="half")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -127,20 +127,33 @@ def test_resume_equals_uninterrupted_across_stages(phantom, tmp_path, interrupt_
     assert_same_finetune(straight_mona, interrupted)
 
 
-def test_pretrain_queues_fill_in_fifo_order(phantom):
+@pytest.mark.parametrize("local_queue_size, expected_local", [(0, 16), (4, 4)])
+def test_pretrain_queues_fill_in_fifo_order(local_queue_size, expected_local):
     from mona.config import MonaConfig
 
-    config = MonaConfig(queue_size=4, patch_size=16, patch_stride=16)
-    method = MonaPretrain(4, config)
+    config = MonaConfig(queue_size=4, local_queue_size=local_queue_size, patch_size=16, patch_stride=16)
+    method = MonaPretrain(4, config, image_size=32)
+    # 0 (spec reading): 4 images' worth of 2x2 patches = 16; 4 (the earlier reading): 4 patches
+    assert method.local_queue.size == expected_local
     generator = torch.Generator().manual_seed(0)
     labeled = {"image": torch.rand(2, 1, 32, 32), "label": torch.randint(0, 4, (2, 32, 32))}
     unlabeled = {"image": torch.rand(2, 1, 32, 32)}
     method.training_step(labeled, unlabeled, 0.0, generator)
-    assert len(method.global_queue) == 4 and len(method.local_queue) == 4  # 4 images, 4 x 2x2 patches (wrapped)
+    assert len(method.global_queue) == 4 and len(method.local_queue) == expected_local  # 4 images, 16 patches
     losses = method.training_step(labeled, unlabeled, 0.5, generator)
     losses["loss"].backward()
     assert method.global_head[0].weight.grad is not None and method.local_head[0].weight.grad is not None
     assert all(p.grad is None for p in method.teacher.parameters())
+
+
+def test_local_queue_holds_the_patches_of_as_many_images_as_the_global_queue():
+    from mona.config import MonaConfig, load_config
+    from mona.methods.mona import stages
+
+    assert MonaPretrain(4, MonaConfig()).local_queue.size == 36 * 49  # 256 px: 7 x 7 patches of 64, stride 32
+    config = load_config(["cpu-small"], ["method=mona"])
+    stage1 = stages(config)[0].build(4)
+    assert stage1.local_queue.size == 36 * 9  # 128 px: 3 x 3 patches
 
 
 @pytest.mark.parametrize("progress", [0.0, 0.1, 0.5])

@@ -73,7 +73,8 @@ class MonaConfig:
     init_from: str = ""  # a pretrain run folder (or checkpoint) to start fine-tuning from
     ema: float = 0.99
     # stage 1
-    queue_size: int = 36
+    queue_size: int = 36  # global queue: the pooled embeddings of the last 36 images (spec K = 36)
+    local_queue_size: int = 0  # patch embeddings; 0 = queue_size images' worth (spec reading); 36 = the earlier one
     tau_student: float = 0.1
     tau_teacher: float = 0.01
     global_weight: float = 1.0
@@ -95,6 +96,11 @@ class MonaConfig:
     confidence_threshold: float = 0.97
     eqv_confidence: float = 0.7
     eqv_pixels: str = "foreground"  # foreground (spec: pseudo-label != 0) | confident (every class)
+    eqv_labeled: bool = True  # L_eqv on labeled slices too, masked by their truth (spec); false = unlabeled only
+    entropy_split: str = "spec"  # L_contrast: spec (U2PL: alpha_t % most certain/uncertain unlabeled pixels,
+    # labeled pixels not gated) | one_cut (the earlier reading: one cut at the (100 - alpha_t) percentile, all pixels)
+    diffeomorphism: str = "advmorph"  # strong view: advmorph (advchain's epsilon 1.5, ~1.5 px RMS at 256 px) |
+    # rms_cells (the earlier reading: RMS velocity of 1.5 grid cells, ~16 px RMS at 256 px)
     num_queries: int = 256
     num_negatives: int = 512
     contrast_temperature: float = 0.5
@@ -215,6 +221,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "mona.pretrain_iterations": (0, None), "mona.pretrain_batch_labeled": (1, None),
     "mona.pretrain_batch_unlabeled": (1, None), "mona.finetune_batch_labeled": (1, None),
     "mona.finetune_batch_unlabeled": (1, None), "mona.ema": (0, 1), "mona.queue_size": (1, None),
+    "mona.local_queue_size": (0, None),
     "mona.tau_student": (1e-6, None), "mona.tau_teacher": (1e-6, None), "mona.global_weight": (0, None),
     "mona.local_weight": (0, None), "mona.patch_size": (1, None), "mona.patch_stride": (1, None),
     "mona.contrast_weight": (0, None), "mona.unsup_weight": (0, None), "mona.eqv_weight": (0, None),
@@ -227,6 +234,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"), "train.amp_dtype": ("bf16", "fp16"),
     "mona.stage": ("both", "pretrain", "finetune"), "mona.eqv_pixels": ("foreground", "confident"),
+    "mona.entropy_split": ("spec", "one_cut"), "mona.diffeomorphism": ("advmorph", "rms_cells"),
 }
 
 

@@ -22,8 +22,11 @@ from kornia.filters import gaussian_blur2d
 from mona.augment.warp import as_size, identity_grid, resample, uniform
 from mona.randomness import host_to_device
 
+DIFFEOMORPHISMS = ("advmorph", "rms_cells")
+"""How `random_diffeomorphism` reads its magnitude (see there)."""
+
 VELOCITY_SMOOTHING = 3.0
-"""Gaussian sigma, in cells of the velocity grid, that makes the random velocity field smooth."""
+"""Gaussian sigma, in cells of the velocity grid, of the "rms_cells" reading."""
 
 
 def _per_sample(generator: torch.Generator, image: torch.Tensor, p: float) -> torch.Tensor:
@@ -109,6 +112,29 @@ def photometric_view(image: torch.Tensor, generator: torch.Generator) -> torch.T
     return gaussian_blur(jittered, generator, p=0.5, sigma=(0.15, 1.15))
 
 
+def _advmorph_velocity(generator: torch.Generator, batch: int, grid: int, magnitude: float,
+                       device: torch.device) -> torch.Tensor:
+    """advchain's AdvMorph velocity (B, 2, grid, grid), in its normalised units (+-1 = first/last pixel centre).
+
+    U(-1, 1) per entry, scaled so that each sample's whole field has L2 norm `magnitude` (its
+    epsilon), then a Gaussian of sigma 1 cell (9 taps, zero padding).
+    """
+    noise = uniform(generator, (batch, 2, grid, grid), -1.0, 1.0, device)
+    norm = noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return gaussian_blur2d(noise * (magnitude / norm), 9, (1.0, 1.0), border_type="constant")
+
+
+def _rms_cells_velocity(generator: torch.Generator, batch: int, grid: int, magnitude: float,
+                        device: torch.device) -> torch.Tensor:
+    """The earlier reading (B, 2, grid, grid) in `grid_sample` units: Gaussian noise smoothed by
+    `VELOCITY_SMOOTHING` cells and scaled to an RMS length of `magnitude` cells."""
+    noise = host_to_device(torch.randn((batch, 2, grid, grid), generator=generator, device=generator.device), device)
+    kernel = 2 * math.ceil(3 * VELOCITY_SMOOTHING) + 1
+    smooth = gaussian_blur2d(noise, kernel, (VELOCITY_SMOOTHING, VELOCITY_SMOOTHING))
+    rms = smooth.square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
+    return smooth * (magnitude * 2.0 / grid) / rms
+
+
 def random_diffeomorphism(
     generator: torch.Generator,
     batch: int,
@@ -117,25 +143,38 @@ def random_diffeomorphism(
     magnitude: float = 1.5,
     steps: int = 7,
     device: torch.device | str | None = None,
+    reading: str = "advmorph",
 ) -> torch.Tensor:
     """A random smooth diffeomorphic sampling grid (B, H, W, 2) for `apply_grid`, one per sample.
 
-    A Gaussian velocity field is drawn on a `grid` x `grid` lattice, smoothed (sigma
-    `VELOCITY_SMOOTHING` cells), scaled to a root-mean-square length of `magnitude` cells,
-    upsampled bilinearly to the image size and exponentiated by scaling and squaring: the
-    displacement v / 2**steps is composed with itself `steps` times. Neither kornia nor MONAI
-    offers this random stationary-velocity warp on a batch of torch tensors (MONAI's elastic
-    transforms add a displacement, which can fold), hence our own; small steps keep every
-    composition invertible, so the result is orientation-preserving. `magnitude` 0 gives the
-    identity grid. `device` defaults to the generator's.
+    A random stationary velocity field on a `grid` x `grid` lattice is upsampled bilinearly to
+    the image size and exponentiated by scaling and squaring: the displacement v / 2**steps is
+    composed with itself `steps` times; small steps keep every composition invertible, so the
+    result is orientation-preserving. `reading` says what `magnitude` means:
+
+    - "advmorph" (default): advchain's AdvMorph, the authors' strong view (`epsilon` 1.5,
+      `vector_size` image size / 8 = 32 at 256): the velocity has L2 norm `magnitude` over the
+      whole 2 x grid x grid field in normalised units, smoothed by 1 cell; the result is
+      clamped to the image, smoothed by 1 pixel and clamped again, as AdvMorph does (its 8 squarings against
+      our 7 change nothing at this size). At 256 px it moves pixels ~1.5 px RMS, ~4 px at most
+      per image (`tests/test_augment_strong.py` checks it against a re-implementation).
+    - "rms_cells": this package's earlier reading, an RMS velocity of `magnitude` grid cells
+      (smoothed by `VELOCITY_SMOOTHING` cells): ~16 px RMS and ~40 px at most per image at 256 px.
+
+    Neither kornia nor MONAI offers this random stationary-velocity warp on a batch of torch
+    tensors (MONAI's elastic transforms add a displacement, which can fold), hence our own.
+    `magnitude` 0 gives the identity grid. `device` defaults to the generator's.
     """
+    if reading not in DIFFEOMORPHISMS:
+        raise ValueError(f"reading must be one of {DIFFEOMORPHISMS}, not {reading!r}")
     device = generator.device if device is None else torch.device(device)
     height, width = as_size(size)
-    noise = host_to_device(torch.randn((batch, 2, grid, grid), generator=generator, device=generator.device), device)
-    kernel = 2 * math.ceil(3 * VELOCITY_SMOOTHING) + 1
-    smooth = gaussian_blur2d(noise, kernel, (VELOCITY_SMOOTHING, VELOCITY_SMOOTHING))
-    rms = smooth.square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
-    velocity = smooth * (magnitude * 2.0 / grid) / rms
+    if reading == "advmorph":
+        velocity = _advmorph_velocity(generator, batch, grid, magnitude, device)
+        # AdvMorph's unit is (size - 1) / 2 pixels, grid_sample's (align_corners=False) size / 2
+        velocity = velocity * torch.tensor([(width - 1) / width, (height - 1) / height], device=device).view(1, 2, 1, 1)
+    else:
+        velocity = _rms_cells_velocity(generator, batch, grid, magnitude, device)
     displacement = F.interpolate(velocity, size=(height, width), mode="bilinear", align_corners=False) / 2**steps
     base = identity_grid(batch, (height, width), device)
     for _ in range(steps):
@@ -143,7 +182,12 @@ def random_diffeomorphism(
         displacement = displacement + F.grid_sample(
             displacement, moved, mode="bilinear", padding_mode="border", align_corners=False
         )
-    return base + displacement.permute(0, 2, 3, 1)
+    if reading == "rms_cells":
+        return base + displacement.permute(0, 2, 3, 1)
+    edge = torch.tensor([1 - 1 / width, 1 - 1 / height], device=device)  # the outermost pixel centres
+    points = torch.maximum(torch.minimum(base + displacement.permute(0, 2, 3, 1), edge), -edge)
+    displacement = gaussian_blur2d((points - base).permute(0, 3, 1, 2), 9, (1.0, 1.0), border_type="constant")
+    return torch.maximum(torch.minimum(base + displacement.permute(0, 2, 3, 1), edge), -edge)
 
 
 def apply_grid(
@@ -165,9 +209,9 @@ class StrongAugment:
 
     In order: CutMix, colour jitter (p 0.5, factors 0.75-1.25), Gaussian blur (p 0.5, sigma
     0.15-1.15), then with probability `deform_p` for the whole batch a random diffeomorphism
-    (32x32 velocity grid, magnitude 1.5, 7 squarings) applied to image, pseudo-label and
-    confidence alike. `enabled=False` (the ablation without strong augmentation) returns the
-    inputs unchanged.
+    (32x32 velocity grid, magnitude 1.5 read as `diffeomorphism` says, 7 squarings; see
+    `random_diffeomorphism`) applied to image, pseudo-label and confidence alike.
+    `enabled=False` (the ablation without strong augmentation) returns the inputs unchanged.
     """
 
     enabled: bool = True
@@ -180,6 +224,7 @@ class StrongAugment:
     grid: int = 32
     magnitude: float = 1.5
     steps: int = 7
+    diffeomorphism: str = "advmorph"
 
     def __call__(
         self,
@@ -197,6 +242,7 @@ class StrongAugment:
         image = gaussian_blur(image, generator, self.blur_p, self.blur_sigma)
         if uniform(generator, (1,), 0.0, 1.0, "cpu").item() < self.deform_p:
             grid = random_diffeomorphism(generator, image.shape[0], tuple(image.shape[-2:]), self.grid,
-                                         self.magnitude, self.steps, device=image.device)
+                                         self.magnitude, self.steps, device=image.device,
+                                         reading=self.diffeomorphism)
             image, pseudo_label, confidence = apply_grid(grid, image, pseudo_label, confidence)
         return image, pseudo_label, confidence

@@ -18,6 +18,10 @@ def _randint(high: int, n: int, generator: torch.Generator | None, device: torch
     return host_to_device(torch.randint(high, (n,), generator=generator, device=where), device)
 
 
+ENTROPY_SPLITS = ("spec", "one_cut")
+"""How `AnatomicalContrastLoss.select` reads alpha_t (see its docstring)."""
+
+
 class AnatomicalContrastLoss(nn.Module):
     """Anatomical contrastive loss: low-entropy anchors vs. their class prototype and hard negatives.
 
@@ -26,25 +30,36 @@ class AnatomicalContrastLoss(nn.Module):
     (Liu et al., "Bootstrapping Semantic Segmentation with Regional Contrast", ICLR 2022) with
     the entropy split and rank windows of U2PL (Wang et al., CVPR 2022).
 
-    Pixel selection (`select`), from the teacher probabilities p (B, C, H, W) and their
-    entropy H, with alpha_t = alpha0 * (1 - t/T) (alpha0 = 20) and gamma_t the entropy of
-    rank ceil(n (100 - alpha_t) / 100) among all n pixels of the batch:
+    Pixel selection (`select`), from the teacher probabilities p (B, C, H, W), their entropy
+    H and alpha_t = alpha0 * (1 - t/T) (alpha0 = 20), with `entropy_split="spec"` (U2PL's
+    reading, the default):
 
-    - anchors of class c: label == c, H <= gamma_t, p_c > 0.3. We read the spec's "entropy
-      below the alpha_t percentile" as "outside the alpha_t % most uncertain pixels", so that
-      alpha_t is the fraction of unreliable pixels, shrinking from 20 % to 0 as the teacher
-      improves. Taken literally (H below the alpha_t-th percentile, as the U2PL code that
-      the authors build on does), the anchors would shrink to the few most certain pixels of
-      the batch by the end of the run, ground-truth pixels included.
-    - negatives of class c: unreliable (H >= gamma_t, the alpha_t % most uncertain) and
-      p_c < 0.97, and hard for c: on labeled slices c is among the teacher's top-3 classes
-      but the truth is not c; on unlabeled slices c ranks r >= min(3, C - 1) (0 = the most
-      probable). The authors fix this window at ranks 3..19, which is empty for 3-class data
-      (MONA_SPEC section 6, defect 6); clipping its start to C - 1 keeps at least the least
-      probable class for any C >= 2 and equals the authors' window for C >= 4.
+    - unlabeled pixels are split by the entropy of the n unlabeled pixels of the batch: the
+      m = max(ceil(n alpha_t / 100), 1) most certain (H at or below the m-th smallest) may be
+      anchors, the m most uncertain (H at or above the m-th largest) may be negatives. These
+      are U2PL's `percentile(H, alpha_t)` and `percentile(H, 100 - alpha_t)` cuts as order
+      statistics, so neither set is ever empty: at t -> T both shrink to the single most
+      certain and most uncertain pixel (and ties), as the spec's schedule says.
+    - labeled pixels are not gated by entropy (U2PL gives them all-ones masks): their anchors
+      and negatives come from the truth and the teacher's ranks alone, so the banks keep
+      filling from the labeled half until the end of the run.
+    - anchors of class c: label == c (truth or pseudo-label), entropy-eligible, p_c > 0.3.
+    - negatives of class c: entropy-eligible, p_c < 0.97, and hard for c: on labeled slices
+      c is among the teacher's top-3 classes but the truth is not c; on unlabeled slices c
+      ranks r >= min(3, C - 1) (0 = the most probable). The authors fix this window at ranks
+      3..19, which is empty for 3-class data (MONA_SPEC section 6, defect 6); clipping its
+      start to C - 1 keeps at least the least probable class for any C >= 2 and equals the
+      authors' window for C >= 4.
+
+    `entropy_split="one_cut"` is this package's earlier reading (docs/method.md): one cut
+    gamma_t at the entropy of rank ceil(n (100 - alpha_t) / 100) among all n pixels of the
+    batch, labeled ones included; anchors need H <= gamma_t, negatives H >= gamma_t, so
+    alpha_t is the share of unreliable pixels and the negatives dwindle to the single most
+    uncertain pixel of the batch as t -> T.
 
     Loss, for each class c (ascending): the teacher embeddings of its negatives are pushed
-    into `bank` (the per-class FIFO memory); if c has anchors and its bank is not empty,
+    into `bank` (the per-class FIFO memory; only the newest that fit are gathered, which
+    leaves the same bank as pushing them all); if c has anchors and its bank is not empty,
     `num_queries` anchors are drawn with replacement (student embeddings, with gradient),
     the positive is the prototype = mean L2-normalised teacher embedding over all anchors
     of c (detached), and `num_negatives` per query are drawn from the bank; the loss of c
@@ -83,8 +98,11 @@ class AnatomicalContrastLoss(nn.Module):
         negative_threshold: float = 0.97,
         labeled_top: int = 3,
         unlabeled_rank_start: int = 3,
+        entropy_split: str = "spec",
     ):
         super().__init__()
+        if entropy_split not in ENTROPY_SPLITS:
+            raise ValueError(f"entropy_split must be one of {ENTROPY_SPLITS}, not {entropy_split!r}")
         self.num_queries = num_queries
         self.num_negatives = num_negatives
         self.temperature = temperature
@@ -93,6 +111,32 @@ class AnatomicalContrastLoss(nn.Module):
         self.negative_threshold = negative_threshold
         self.labeled_top = labeled_top
         self.unlabeled_rank_start = unlabeled_rank_start
+        self.entropy_split = entropy_split
+
+    @staticmethod
+    def _kth(values: Tensor, k: int) -> Tensor:
+        """The k-th smallest of a 1-D tensor (1-based).
+
+        CUDA's kthvalue runs one thread block per row, ~1.4 ms on 524288 pixels against
+        ~0.1 ms for a full sort; on CPUs kthvalue is O(n). The same order statistic either way.
+        """
+        return values.kthvalue(k).values if values.device.type == "cpu" else values.sort().values[k - 1]
+
+    def _entropy_masks(self, entropy: Tensor, labeled: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+        """Which pixels may be anchors and which negatives by entropy: two (B, H, W) bool masks."""
+        if self.entropy_split == "one_cut":
+            flat = entropy.flatten()
+            k = min(max(math.ceil(flat.numel() * (100.0 - alpha) / 100.0), 1), flat.numel())
+            gamma = self._kth(flat, k)
+            return entropy <= gamma, entropy >= gamma
+        free = labeled.view(-1, 1, 1).to(entropy.device).expand_as(entropy)
+        pool = entropy[~free]
+        if pool.numel() == 0:
+            return free, free
+        m = min(max(math.ceil(pool.numel() * alpha / 100.0), 1), pool.numel())
+        certain = entropy <= self._kth(pool, m)
+        uncertain = entropy >= self._kth(pool, pool.numel() - m + 1)
+        return free | certain, free | uncertain
 
     @torch.no_grad()
     def select(self, labels: Tensor, probs: Tensor, labeled: Tensor, progress: float) -> tuple[Tensor, Tensor]:
@@ -100,14 +144,8 @@ class AnatomicalContrastLoss(nn.Module):
         p = probs.detach().float()
         b, c = p.shape[:2]
         entropy = -torch.special.xlogy(p, p).sum(dim=1)  # (B, H, W)
-        alpha = self.alpha0 * (1.0 - progress)
-        flat = entropy.flatten()
-        k = min(max(math.ceil(flat.numel() * (100.0 - alpha) / 100.0), 1), flat.numel())
-        # The same order statistic either way: CUDA's kthvalue runs one thread block per row,
-        # ~1.4 ms on 524288 pixels against ~0.1 ms for a full sort; on CPUs kthvalue is O(n).
-        gamma = flat.kthvalue(k).values if flat.device.type == "cpu" else flat.sort().values[k - 1]
-        reliable = (entropy <= gamma).unsqueeze(1)
-        unreliable = (entropy >= gamma).unsqueeze(1)
+        reliable, unreliable = self._entropy_masks(entropy, labeled, self.alpha0 * (1.0 - progress))
+        reliable, unreliable = reliable.unsqueeze(1), unreliable.unsqueeze(1)
 
         rank = p.argsort(dim=1, descending=True).argsort(dim=1)  # rank[b, c] of class c, 0 = most probable
         is_class = labels.unsqueeze(1) == torch.arange(c, device=labels.device).view(1, c, 1, 1)
@@ -173,7 +211,8 @@ class AnatomicalContrastLoss(nn.Module):
             target = torch.zeros(self.num_queries, dtype=torch.long, device=student.device)
             losses = []
             for cls in range(num_classes):
-                bank.push(cls, keys_last[negatives[:, cls]])
+                newest = negatives[:, cls].flatten().nonzero().squeeze(1)[-bank.queues[cls].size :]
+                bank.push(cls, keys_last[newest // (h * w), newest // w % h, newest % w])
                 if counts[cls] == 0 or bank.filled(cls) == 0:
                     continue
                 where = anchors[:, cls].flatten().nonzero().squeeze(1)  # (b, h, w) row-major pixel index

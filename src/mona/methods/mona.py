@@ -39,12 +39,20 @@ from mona.models.unet import frozen_batchnorm_statistics
 
 
 class MonaPretrain(Method):
-    """Stage 1: supervised loss + global and local similarity distillation (ISD)."""
+    """Stage 1: supervised loss + global and local similarity distillation (ISD).
+
+    The global queue holds the pooled embeddings of the last `queue_size` (K = 36) images.
+    The spec gives the local branch "the same KL against a queue of patch embeddings" and no
+    size of its own; we read it as the same K images, so the local queue holds K images' worth
+    of patch embeddings (36 x 49 = 1764 at 256 px: patches are 64 px with stride 32), and both
+    queues span the same past steps. `local_queue_size` > 0 sets the number of patches instead
+    (36 was the earlier reading: the anchors were the last patches of about one slice).
+    """
 
     name = "mona_pretrain"
     uses_unlabeled = True
 
-    def __init__(self, num_classes: int, config: MonaConfig):
+    def __init__(self, num_classes: int, config: MonaConfig, image_size: int = 256):
         super().__init__(num_classes, ema=config.ema)
         self.config = config
         self.global_head = ProjectionMLP(256, 256, 512)
@@ -55,7 +63,8 @@ class MonaPretrain(Method):
         self.teacher_local_head = frozen_copy(self.local_head)
         local_dim = num_classes * 8 * 8
         self.global_queue = FeatureQueue(config.queue_size, 512)
-        self.local_queue = FeatureQueue(config.queue_size, local_dim)
+        patches = ((image_size - config.patch_size) // config.patch_stride + 1) ** 2
+        self.local_queue = FeatureQueue(config.local_queue_size or config.queue_size * patches, local_dim)
         self.seg_loss = SupervisedSegLoss()
         self.distill = SimilarityDistillationLoss(config.tau_student, config.tau_teacher)
 
@@ -115,11 +124,11 @@ class MonaFinetune(Method):
         self.seg_loss = SupervisedSegLoss()
         self.contrast = AnatomicalContrastLoss(
             num_queries=config.num_queries, num_negatives=config.num_negatives,
-            temperature=config.contrast_temperature,
+            temperature=config.contrast_temperature, entropy_split=config.entropy_split,
         )
         self.equivariance = EquivarianceLoss()
         self.nearest = NearestNeighbourLoss(config.nn_topk)
-        self.strong = StrongAugment(enabled=config.strong_aug)
+        self.strong = StrongAugment(enabled=config.strong_aug, diffeomorphism=config.diffeomorphism)
 
     def ema_pairs(self):
         return super().ema_pairs() + [(self.teacher_rep_head, self.rep_head)]
@@ -130,23 +139,25 @@ class MonaFinetune(Method):
         weight = (confidence >= self.config.confidence_threshold).float().mean((1, 2))
         return (per_pixel.mean((1, 2)) * weight).mean()
 
-    def _equivariance(self, images_u, pseudo, confidence, generator) -> torch.Tensor:
+    def _equivariance(self, images, labels, confidence, generator) -> torch.Tensor:
         """KL(W(softmax(student(view1))) || student(W(view2))) on confident pixels.
 
-        `mona.eqv_pixels` "foreground" (spec) keeps pixels whose pseudo-label is not
-        background; "confident" keeps background too, so the loss also penalises foreground
-        the warped view invents (docs/method.md). Its two extra student forwards leave
-        BatchNorm's running statistics alone (`frozen_batchnorm_statistics`).
+        `labels` and `confidence` (B, H, W) say which pixels count: the truth with confidence 1
+        on labeled slices, the teacher's pseudo-label and confidence on unlabeled ones (the
+        spec's "label or pseudo-label"). `mona.eqv_pixels` "foreground" (spec) keeps pixels whose
+        label is not background; "confident" keeps background too, so the loss also penalises
+        foreground the warped view invents (docs/method.md). Its two extra student forwards
+        leave BatchNorm's running statistics alone (`frozen_batchnorm_statistics`).
         """
-        warp = random_equivariance_warp(generator, images_u.shape[0], images_u.shape[-2:], images_u.device)
-        second_view = photometric_view(images_u, generator)
+        warp = random_equivariance_warp(generator, images.shape[0], images.shape[-2:], images.device)
+        second_view = photometric_view(images, generator)
         with frozen_batchnorm_statistics(self.model):
             with torch.no_grad():
-                target = warp(torch.softmax(self.model(images_u).logits.float(), dim=1))
+                target = warp(torch.softmax(self.model(images).logits.float(), dim=1))
             prediction = self.model(warp(second_view)).logits
         mask = (warp(confidence) >= self.config.eqv_confidence) & warp.inside
         if self.config.eqv_pixels == "foreground":
-            mask &= warp(pseudo) != 0
+            mask &= warp(labels) != 0
         return self.equivariance(target, prediction, mask)
 
     def training_step(self, labeled, unlabeled, progress, generator):
@@ -163,7 +174,7 @@ class MonaFinetune(Method):
         sup = self.seg_loss(student.logits[:n_labeled], labels_l)
         unsup = self._unsup(student.logits[n_labeled:], pseudo_s, confidence_s)
         losses = {"sup": sup, "unsup": unsup}
-        unlabeled_total = cfg.unsup_weight * unsup
+        ramped = cfg.unsup_weight * unsup
         if cfg.tailness or cfg.diversity:
             embeddings = self.rep_head(student.decoder)
         if cfg.tailness:
@@ -178,11 +189,16 @@ class MonaFinetune(Method):
                 resize_images(teacher_probs, size), is_labeled, progress, self.negative_bank, generator,
             )
             losses["contrast"] = contrast
-            unlabeled_total = unlabeled_total + cfg.contrast_weight * contrast
+            ramped = ramped + cfg.contrast_weight * contrast
         if cfg.consistency:
-            eqv = self._equivariance(images_u, pseudo, confidence, generator)
+            if cfg.eqv_labeled:
+                certain = torch.ones(labels_l.shape, dtype=confidence.dtype, device=confidence.device)
+                eqv = self._equivariance(torch.cat([images_l, images_u]), torch.cat([labels_l, pseudo]),
+                                         torch.cat([certain, confidence]), generator)
+            else:
+                eqv = self._equivariance(images_u, pseudo, confidence, generator)
             losses["eqv"] = eqv
-            unlabeled_total = unlabeled_total + cfg.eqv_weight * eqv
+            ramped = ramped + cfg.eqv_weight * eqv
         if cfg.diversity:
             student_vectors = embeddings[n_labeled:].float().mean((2, 3))
             with torch.no_grad():
@@ -190,8 +206,8 @@ class MonaFinetune(Method):
             nn_loss = self.nearest(student_vectors, self.nn_bank.items())
             self.nn_bank.push(teacher_vectors)
             losses["nn"] = nn_loss
-            unlabeled_total = unlabeled_total + cfg.nn_weight * nn_loss
-        total = sup + sigmoid_rampup(progress, cfg.rampup) * unlabeled_total
+            ramped = ramped + cfg.nn_weight * nn_loss
+        total = sup + sigmoid_rampup(progress, cfg.rampup) * ramped
         return {"loss": total, **{key: value.detach() for key, value in losses.items()}}
 
 
@@ -202,7 +218,7 @@ def stages(config: Config) -> list[Stage]:
     stage 1 (also when only `--stage finetune` runs, after an earlier `--stage pretrain`).
     """
     cfg = config.mona
-    pretrain = Stage("pretrain", lambda num_classes: MonaPretrain(num_classes, cfg),
+    pretrain = Stage("pretrain", lambda num_classes: MonaPretrain(num_classes, cfg, config.data.image_size),
                      cfg.pretrain_iterations or config.train.iterations, cfg.pretrain_batch_labeled,
                      cfg.pretrain_batch_unlabeled)
     finetune = Stage("finetune", lambda num_classes: MonaFinetune(num_classes, cfg), config.train.iterations,
