@@ -13,7 +13,7 @@ import yaml
 from mona.cli.main import main
 from mona.data.phantom import write_phantom
 from mona.engine.run import run_checkpoint
-from mona.engine.run_folder import read_stages, run_root
+from mona.engine.run_folder import read_stages, run_root, stage_folders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -222,3 +222,19 @@ def test_help_names_the_defaults(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default supervised" in text and "default all" in text
+
+
+def test_published_run_folders_still_load():
+    """Run folders written before stages.json (docs/results/) map to the same stage folders."""
+    from pathlib import Path
+
+    from mona.experiments.report import load_run
+
+    runs = Path(__file__).resolve().parents[1] / "docs" / "results" / "acdc-cpu-small" / "runs"
+    mona_run, supervised_run = runs / "mona_l7_s0", runs / "supervised_l7_s0"
+    assert [p.name for p in stage_folders(mona_run)] == ["pretrain", "finetune"]
+    assert stage_folders(supervised_run) == [supervised_run]
+    assert run_root(mona_run / "finetune") == mona_run
+    assert run_checkpoint(mona_run, "best") == mona_run / "finetune" / "best.pt"
+    loaded = load_run(mona_run)
+    assert loaded["train_seconds"] > 0 and loaded["summaries"]["best"]["cases"] == 40
