@@ -150,3 +150,15 @@ def test_mean_teacher_ramp_is_a_fraction_of_the_run():
     short = MeanTeacher(4, MeanTeacherConfig(consistency=0.5, rampup=0.2))
     assert consistency_weight(short, 0.2) == pytest.approx(0.5, rel=1e-4)
     assert consistency_weight(short, 0.1) == pytest.approx(0.5 * math.exp(-5.0 * 0.25), rel=1e-4)
+
+
+def test_mean_teacher_runs_its_teacher_on_the_unlabeled_slices_only():
+    """SSL4MIS's teacher sees the unlabeled half alone; a forward on the labeled half would be waste."""
+    torch.manual_seed(0)
+    method = MeanTeacher(4, MeanTeacherConfig())
+    seen = []
+    method.teacher.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    labeled, unlabeled = batches(n=3)
+    unlabeled = {"image": unlabeled["image"][:2]}
+    method.training_step(labeled, unlabeled, 0.5, torch.Generator().manual_seed(0))
+    assert seen == [2]

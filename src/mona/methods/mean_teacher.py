@@ -1,9 +1,10 @@
 """Mean teacher (Tarvainen & Valpola, NeurIPS 2017) as in SSL4MIS, with a ramp that scales.
 
-Student and teacher see the same weakly augmented slices; the teacher's input carries
-clipped Gaussian noise; the consistency loss is the MSE between their softmax maps on
-unlabeled slices, weighted by `consistency` x a sigmoid ramp over a *fraction* of the run
-(SSL4MIS's ramp is tuned for 30000 iterations and stays near 0 in shorter runs).
+Student and teacher see the same weakly augmented slices; the teacher sees only the unlabeled
+ones (as in SSL4MIS: its output on labeled slices is never used), with clipped Gaussian noise;
+the consistency loss is the MSE between their softmax maps on unlabeled slices, weighted by
+`consistency` x a sigmoid ramp over a *fraction* of the run (SSL4MIS's ramp is tuned for
+30000 iterations and stays near 0 in shorter runs).
 """
 
 from __future__ import annotations
@@ -29,16 +30,15 @@ class MeanTeacher(Method):
     def training_step(self, labeled, unlabeled, progress, generator):
         images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
         n_labeled = images_l.shape[0]
-        images = torch.cat([images_l, images_u])
-        noise_generator = device_generator(generator, images.device)
-        noise = torch.randn(images.shape, generator=noise_generator, device=images.device) * self.config.noise
-        noise = noise.clamp(-2 * self.config.noise, 2 * self.config.noise).to(images.dtype)
-        student_logits = self.model(images).logits
+        noise_generator = device_generator(generator, images_u.device)
+        noise = torch.randn(images_u.shape, generator=noise_generator, device=images_u.device) * self.config.noise
+        noise = noise.clamp(-2 * self.config.noise, 2 * self.config.noise).to(images_u.dtype)
+        student_logits = self.model(torch.cat([images_l, images_u])).logits
         with torch.no_grad():
-            teacher_logits = self.teacher(images + noise).logits
+            teacher_logits = self.teacher(images_u + noise).logits
         sup = self.seg_loss(student_logits[:n_labeled], labels_l)
         student_prob = torch.softmax(student_logits[n_labeled:].float(), dim=1)
-        teacher_prob = torch.softmax(teacher_logits[n_labeled:].float(), dim=1)
+        teacher_prob = torch.softmax(teacher_logits.float(), dim=1)
         consistency = torch.mean((student_prob - teacher_prob) ** 2)
         weight = self.config.consistency * sigmoid_rampup(progress, self.config.rampup)
         return {"loss": sup + weight * consistency, "sup": sup.detach(), "consistency": consistency.detach()}
