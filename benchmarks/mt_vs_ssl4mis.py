@@ -21,6 +21,8 @@ from pathlib import Path
 
 from mona.engine.environment import cpu_flags, cpu_name
 
+PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "ssl4mis"
+
 
 def peer_seconds(peer: Path, data: Path, iterations: int) -> float:
     result = subprocess.run(["bash", str(peer / "mt_speed.sh"), str(data), str(iterations)], capture_output=True,
@@ -48,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="ACDC in the SSL4MIS layout")
     parser.add_argument("--iterations", type=int, default=60)
-    parser.add_argument("--peer", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "peers" / "ssl4mis")
+    parser.add_argument("--peer", type=Path, default=PEER, help=f"the SSL4MIS peer folder (default {PEER})")
     parser.add_argument("overrides", nargs="*", help="mona config overrides, e.g. train.channels_last=false")
     args = parser.parse_args()
     if args.iterations < 40:
