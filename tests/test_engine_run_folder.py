@@ -175,12 +175,14 @@ def test_overrides_may_stand_anywhere_among_the_flags(phantom, tmp_path):
     assert config["optim"]["lr"] == 0.02 and config["optim"]["momentum"] == 0.8
 
 
-@pytest.mark.parametrize("verb", ["train", "evaluate"])
+@pytest.mark.parametrize("verb", ["train", "evaluate", "predict"])
 def test_an_output_path_that_is_a_file_is_one_clear_error(finished_run, phantom, tmp_path, capsys, verb):
     blocker = tmp_path / "FILE"
     blocker.write_text("")
     if verb == "train":
         args = train_args(phantom, blocker)
+    elif verb == "predict":
+        args = ["predict", "-m", str(finished_run), "-i", str(phantom / "data"), "-o", str(blocker), "--no-progress"]
     else:
         args = ["evaluate", "--pred", str(phantom / "data"), "--truth", str(phantom / "data"), "--num-classes", "4",
                 "--json", str(blocker / "x.json")]
@@ -238,3 +240,21 @@ def test_published_run_folders_still_load():
     assert run_checkpoint(mona_run, "best") == mona_run / "finetune" / "best.pt"
     loaded = load_run(mona_run)
     assert loaded["train_seconds"] > 0 and loaded["summaries"]["best"]["cases"] == 40
+
+
+def test_a_run_saved_before_a_key_existed_resumes_as_it_ran(tmp_path):
+    """The published grid's MONA runs predate the spec-faithful switches: read back, they keep the
+    settings they trained with, not today's defaults."""
+    from pathlib import Path
+
+    from mona.config import ADDED_KEYS
+    from mona.engine.run import resume_config
+
+    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "acdc-cpu-small" / "runs" / "mona_l7_s0"
+    run = tmp_path / "run"
+    shutil.copytree(published, run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert not set(saved["mona"]) & {key.split(".")[1] for key in ADDED_KEYS}
+    config = resume_config(run)
+    for dotted, earlier in ADDED_KEYS.items():
+        assert getattr(config.mona, dotted.split(".")[1]) == earlier

@@ -200,11 +200,35 @@ def load_config(sources: list[str | Path] = (), overrides: list[str] = (), base:
     return config
 
 
+# Keys added after runs were published, each with the value those earlier runs trained with: a
+# saved config that lacks one is read with that value, not today's default, so a resumed or
+# re-read run stays the run it was (the spec-faithful MONA defaults of 2026-11-30).
+ADDED_KEYS: dict[str, Any] = {
+    "mona.local_queue_size": 36, "mona.entropy_split": "one_cut", "mona.diffeomorphism": "rms_cells",
+    "mona.eqv_labeled": False,
+}
+
+
+def with_added_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's values, completed with `ADDED_KEYS` where it predates them."""
+    values = {key: dict(value) if isinstance(value, dict) else value for key, value in values.items()}
+    for dotted, earlier in ADDED_KEYS.items():
+        section, key = dotted.split(".")
+        if isinstance(values.get(section), dict):
+            values[section].setdefault(key, earlier)
+    return values
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config saved by `to_dict` (e.g. from a checkpoint)."""
     config = Config()
-    _apply(config, values)
+    _apply(config, with_added_keys(values))
     return config
+
+
+def load_run_config(path: Path, overrides: list[str] = ()) -> Config:
+    """A run's saved `config.yaml` (keys it predates filled as it ran), then overrides."""
+    return load_config([], overrides, base=config_from_dict(_read_yaml(path)))
 
 
 # (low, high) bounds of numeric keys, inclusive; None = unbounded. Checked when a config is

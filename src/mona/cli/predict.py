@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = find_inputs(args.input)
     if args.truth is not None and not args.truth.is_dir():
         raise MonaError("truth folder not found", args.truth)
+    if args.out.exists() and not args.out.is_dir():
+        raise MonaError("the output folder is a file; choose another -o", args.out)
     print(f"{predictor.checkpoint} (iteration {predictor.iteration}, {predictor.num_classes} classes) on "
           f"{predictor.device}: {len(inputs)} case(s) -> {args.out}")
     rows, failed, start = [], [], time.perf_counter()

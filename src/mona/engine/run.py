@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mona.config import Config, config_from_dict, load_config, save_config
+from mona.config import Config, config_from_dict, load_run_config, save_config
 from mona.data.io import atomic_path
 from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
 from mona.engine import distributed
@@ -56,8 +56,8 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:
     path = root / "config.yaml"
     if not path.is_file():
         raise MonaError("not a run folder (no config.yaml): nothing to resume", run_dir)
-    saved = load_config([path])
-    config = absolute_paths(load_config([path], overrides))
+    saved = absolute_paths(load_run_config(path))
+    config = absolute_paths(load_run_config(path, overrides))
     config.out = str(root)
     for key in FIXED_ON_RESUME:
         old, new = _value(saved, key), _value(config, key)
