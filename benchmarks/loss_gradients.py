@@ -89,7 +89,8 @@ def main() -> None:
                                             ("stage2", MonaFinetune, STAGE2_OFF, STAGE2_PARTS)):
         torch.manual_seed(0)
         base = dataclasses.replace(MonaConfig(representation_stride=args.representation_stride), **off)
-        method = method_class(info.num_classes, base).train()
+        sized = {"image_size": args.size} if method_class is MonaPretrain else {}  # the local queue's length
+        method = method_class(info.num_classes, base, **sized).train()
         report(stage, 0, method, base, parts, data, seeds)
         if args.warmup:
             warm_up(method, base, data, args.warmup)

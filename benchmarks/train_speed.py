@@ -31,9 +31,11 @@ from mona.methods import method_stages
 PAPER_BATCHES = {"supervised": (12, 12), "mean_teacher": (12, 12), "mona_pretrain": (3, 3), "mona_finetune": (4, 4)}
 
 
-def make_method(name: str, num_classes: int, representation_stride: int = 1):
-    """`supervised`, `mean_teacher`, or one of MONA's stages (`mona_pretrain`, `mona_finetune`), as a run builds it."""
+def make_method(name: str, num_classes: int, size: int, representation_stride: int = 1):
+    """`supervised`, `mean_teacher`, or one of MONA's stages (`mona_pretrain`, `mona_finetune`), as a run
+    at `size` pixels builds it."""
     config = Config(method=name.split("_")[0] if name.startswith("mona") else name)
+    config.data.image_size = size
     config.mona.representation_stride = representation_stride
     stages = {stage.name or config.method: stage for stage in method_stages(config)}
     return stages[name.removeprefix("mona_") if name.startswith("mona") else name].build(num_classes)
@@ -56,7 +58,7 @@ def peak_rss_mb() -> float:
 def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, amp: bool, steps: int, warmup: int,
           representation_stride: int = 1, compile_networks: bool = False):
     torch.manual_seed(0)
-    method = make_method(name, 4, representation_stride).to(device).to(memory_format=torch.channels_last)
+    method = make_method(name, 4, size, representation_stride).to(device).to(memory_format=torch.channels_last)
     fill_memory_banks(method)
     if compile_networks:
         for network in (method.model, method.teacher):
