@@ -35,10 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.run_dir is None:
         return run_folders(args)
-    print(f"scoring {args.run_dir} on its {args.split} split ({args.checkpoint} checkpoint)")
+    post = ", largest component per class" if args.largest_component else ""
+    print(f"{args.run_dir}: {args.split} split, {args.checkpoint} checkpoint{post}", flush=True)
     summary = evaluate_run(args.run_dir, args.split, args.checkpoint, args.device,
                            largest_component=args.largest_component, data=args.data, progress=True)
-    post = ", largest component per class" if args.largest_component else ""
-    print(f"{args.run_dir}: {args.split} split, {args.checkpoint} checkpoint (iteration {summary['iteration']}){post}")
+    print(f"{summary['cases']} volumes, checkpoint of iteration {summary['iteration']}")
     print(format_table(summary))
     return 0
