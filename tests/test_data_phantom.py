@@ -113,3 +113,25 @@ def test_refuses_non_empty_folder_and_accepts_empty_one(tmp_path):
     write_phantom(empty, patients=3, slices=(4, 4), size=(32, 32))
     assert (empty / "mona.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "empty"]  # no temporary folder left
+
+
+def test_variation_spreads_patients_apart(tmp_path):
+    """`variation=1` (the demo's phantom) spreads heart sizes and intensities of the patients wider,
+    and is recorded in mona.json; out-of-range values are refused."""
+    kw = dict(patients=10, slices=(4, 4), size=(48, 48))
+    spreads = []
+    for name, variation in (("calm", 0.0), ("varied", 1.0)):
+        root = write_phantom(tmp_path / name, variation=variation, **kw)
+        assert json.loads((root / "mona.json").read_text())["phantom"]["variation"] == variation
+        volumes = [read(root / "data" / f"{c}.h5") for c in lines(root / "val.list") + lines(root / "test.list")]
+        slices = all_arrays(root)[0]
+        by_patient = {}
+        for n, (image, label) in zip(lines(root / "train_slices.list"), slices):
+            by_patient.setdefault(n[:11], []).append((image, label))
+        patients = list(by_patient.values()) + [[v] for v in volumes]
+        lv_area = [np.mean([np.mean(label == 3) for _, label in p]) for p in patients]
+        lv_level = [np.mean(np.concatenate([image[label == 3] for image, label in p])) for p in patients]
+        spreads.append((np.std(lv_area) / np.mean(lv_area), np.std(lv_level)))
+    assert spreads[1][0] > 1.5 * spreads[0][0] and spreads[1][1] > 1.5 * spreads[0][1]
+    with pytest.raises(MonaError, match="variation"):
+        write_phantom(tmp_path / "bad", variation=1.5, **kw)

@@ -9,6 +9,12 @@ end-diastole (`frame01`) and end-systole (`frame02`), like ACDC.
 
 Everything is drawn from a `numpy.random.Generator` seeded with (seed, patient index), so a
 patient's volumes depend only on the seed and its index, never on how many patients are written.
+
+`variation` > 0 widens the differences between patients (heart size and position, tissue
+contrast, noise, intensity curve) so that one labeled patient no longer covers the test
+patients while the unlabeled ones do: the setting `mona demo` uses to show what unlabeled
+data buys. Its draws come from a generator of their own, so `variation=0` is the phantom the
+tests have always used, value for value.
 """
 
 from __future__ import annotations
@@ -90,6 +96,22 @@ def _anatomy(rng: np.random.Generator, size: tuple[int, int]) -> dict:
         bias=rng.normal(0, 0.18, 6).tolist(),
         spacing=dict(slice=float(np.round(u(5, 10) * 2) / 2), fov=u(300, 380)),
     )
+
+
+def _vary(anat: dict, rng: np.random.Generator, variation: float, size: tuple[int, int]) -> None:
+    """Spread patients apart by `variation` (0 = unchanged): heart scale x0.65-1.55 and shift by up
+    to 10 % of the image, brighter or darker myocardium, more noise, and a gamma curve of 0.45-2.2
+    on the final image (a different sequence or scanner), all drawn per patient."""
+    unit = min(size)
+    lv, tis = anat["lv"], anat["tissue"]
+    scale = math.exp(variation * rng.uniform(-0.43, 0.43))
+    lv["r"] *= scale
+    lv["t"] *= scale
+    lv["cy"] += variation * rng.uniform(-0.1, 0.1) * unit
+    lv["cx"] += variation * rng.uniform(-0.1, 0.1) * unit
+    tis["myo"] += variation * rng.uniform(-0.06, 0.2)
+    anat["noise"] += variation * rng.uniform(0.0, 0.06)
+    anat["gamma"] = math.exp(variation * rng.uniform(-0.8, 0.8))
 
 
 def _background(anat: dict, z: np.ndarray, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -205,6 +227,8 @@ def _volume(anat: dict, depth: int, systole: bool, rng: np.random.Generator, siz
     imag = sigma * rng.standard_normal(img.shape, np.float32)
     img = np.sqrt(real * real + imag * imag)
     img = (img - img.min()) / (img.max() - img.min())
+    if anat.get("gamma", 1.0) != 1.0:
+        img = img ** np.float32(anat["gamma"])
     return img.astype(np.float32), label
 
 
@@ -216,10 +240,12 @@ def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
 
 
 def write_phantom(out: Path, patients: int = 20, seed: int = 0, slices: tuple[int, int] = (8, 12),
-                  size: tuple[int, int] = (96, 96)) -> Path:
+                  size: tuple[int, int] = (96, 96), *, variation: float = 0.0) -> Path:
     """Write a phantom dataset of `patients` patients (two frames each) to the new folder `out`.
 
-    Volumes have between `slices[0]` and `slices[1]` slices (inclusive) of `size` (H, W) pixels.
+    Volumes have between `slices[0]` and `slices[1]` slices (inclusive) of `size` (H, W) pixels;
+    `variation` in [0, 1] widens the differences between patients (module docstring).
+    The settings are recorded under `phantom` in `mona.json`.
     Training patients are written as shuffled 2D slices grouped by patient (so the first rows of
     `train_slices.list` are the first patients, the labeled budget), val/test patients as 3D volumes.
     The folder is built beside `out` and renamed into place, so `out` is complete or absent.
@@ -231,6 +257,8 @@ def write_phantom(out: Path, patients: int = 20, seed: int = 0, slices: tuple[in
         raise MonaError(f"slice range must satisfy 2 <= min <= max, got {slices}", out)
     if min(size) < 32:
         raise MonaError(f"image size must be at least 32x32, got {size}", out)
+    if not 0 <= variation <= 1:
+        raise MonaError(f"variation must be in [0, 1], got {variation}", out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MonaError("already exists and is not empty; choose a new folder", out)
 
@@ -244,6 +272,8 @@ def write_phantom(out: Path, patients: int = 20, seed: int = 0, slices: tuple[in
         for p in range(patients):
             rng = np.random.default_rng([seed, p])
             anat = _anatomy(rng, size)
+            if variation:
+                _vary(anat, np.random.default_rng([seed, p, 1]), variation, size)
             depth = int(rng.integers(slices[0], slices[1] + 1))
             split = "train_slices" if p < n_train else "val" if p < n_train + n_val else "test"
             spacing = round(anat["spacing"]["fov"] / max(size), 4)
@@ -263,7 +293,9 @@ def write_phantom(out: Path, patients: int = 20, seed: int = 0, slices: tuple[in
         for split, names in lists.items():
             (tmp / f"{split}.list").write_text("".join(f"{n}\n" for n in names))
         meta = {"name": "phantom", "classes": CLASSES, "num_classes": len(CLASSES), "modality": "MRI",
-                "normalisation": "minmax", "slicing_axis": 0, "cases": cases}
+                "normalisation": "minmax", "slicing_axis": 0, "cases": cases,
+                "phantom": {"patients": patients, "seed": seed, "slices": list(slices), "size": list(size),
+                            "variation": variation}}
         (tmp / "mona.json").write_text(json.dumps(meta, indent=1))
         os.replace(tmp, out)
     except BaseException:
