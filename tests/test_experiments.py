@@ -113,6 +113,10 @@ def test_report_numbers_are_the_runs(grid_run):
             assert cells[5].strip() == "-"  # the phantom is not ACDC: no paper numbers
             assert parse_cell(cells[7])[0] == pytest.approx(np.mean(hd95), abs=0.0051)
     assert "| supervised | all | best on val | 2 |" in report
+    page = (out / "report.html").read_text()  # the same tables, curves and a slice browser per test volume
+    assert "<tr><td>supervised</td><td>1</td><td>best on val</td><td>2</td>" in page
+    assert page.count('<input type="range"') == 2 and "<figcaption>mean_teacher, 1 labeled</figcaption>" in page
+    assert "learning curves, all labeled" in page and "http" not in page
 
 
 def test_paired_table_is_the_volumes_of_both_methods(grid_run):
@@ -197,6 +201,10 @@ def test_report_rebuilds_without_checkpoints(grid_run, tmp_path):
     assert tables[0] == tables[1] and len(tables[0]) > 10
     assert "(montage_supervised.png)\n(kept from an earlier build" in rebuilt
     assert "(no mean_teacher montage" in rebuilt and not (published / "montage_mean_teacher.png").exists()
+    pages = [(folder / "report.html").read_text() for folder in (out, published)]
+    assert [re.findall(r"<table>.*?</table>", page) for page in pages[1:]] == [re.findall(r"<table>.*?</table>",
+                                                                                          pages[0])]
+    assert "No slice browsers" in pages[1] and '<input type="range"' not in pages[1]
 
 
 def test_grid_record_keeps_earlier_runs_and_refuses_another_protocol(tmp_path):

@@ -37,6 +37,15 @@ from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
 from mona.evaluation.report import METRICS
 from mona.experiments.grid import ABLATIONS, is_finished
+from mona.experiments.html import (
+    Table,
+    learning_curves,
+    png_uri,
+    predicted_labels,
+    read_records,
+    slice_browser,
+    write_page,
+)
 from mona.methods import METHODS
 
 CHECKPOINTS = {"best": "best on val", "last": "last"}
@@ -53,6 +62,7 @@ PROTOCOL_KEYS = ("data.image_size", "data.batch_labeled", "data.batch_unlabeled"
                  "train.val_every", "train.amp", "optim.lr", "mona.pretrain_iterations",
                  "mona.finetune_batch_labeled", "mona.finetune_batch_unlabeled", "mona.representation_stride")
 MONTAGE_SLICES = 3
+BROWSER_VOLUMES = 3  # test volumes with a slice browser in report.html
 
 
 def variant_of(config: dict) -> str:
@@ -70,10 +80,6 @@ def budget_key(labeled: str) -> float:
 def variant_key(variant: str) -> tuple[int, str]:
     order = list(METHODS)
     return (order.index(variant) if variant in order else len(order), variant)
-
-
-def read_records(stage: Path) -> list[dict]:
-    return [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines() if line]
 
 
 def stage_timing(stage: Path) -> tuple[float, int]:
@@ -160,36 +166,37 @@ def metric_cells(summaries: list[dict], pick) -> list[str]:
             for m, scale, decimals in zip(METRICS, (100.0, 100.0, 1.0, 1.0), (1, 1, 2, 2))]
 
 
-def tables(runs: list[dict], acdc: bool) -> list[str]:
+def tables(runs: list[dict], acdc: bool) -> list[Table]:
     """The mean-over-classes table (with the paper's Dice and per-class Dice) and the per-class table."""
     first = runs[0]["summaries"]["best"]
     names = [c["name"] for c in first["classes"]]
     unit = first["unit"]
-    lines = [
-        "## Test metrics, mean over classes (mean ± std over seeds)", "",
-        f"| method | labeled | checkpoint | seeds | Dice % | paper Dice % | Jaccard % | HD95 ({unit}) | ASD ({unit}) | "
-        + " | ".join(f"Dice {n} %" for n in names) + " |",
-        "| --- " * (9 + len(names)) + "|",
-    ]
-    per_class = [
-        "## Test metrics per class (mean ± std over seeds)", "",
-        f"| method | labeled | checkpoint | class | Dice % | Jaccard % | HD95 ({unit}) | ASD ({unit}) |",
-        "| --- " * 8 + "|",
-    ]
+    overall = Table("Test metrics, mean over classes (mean ± std over seeds)",
+                    ["method", "labeled", "checkpoint", "seeds", "Dice %", "paper Dice %", "Jaccard %",
+                     f"HD95 ({unit})", f"ASD ({unit})", *(f"Dice {n} %" for n in names)], [])
+    per_class = Table("Test metrics per class (mean ± std over seeds)",
+                      ["method", "labeled", "checkpoint", "class", "Dice %", "Jaccard %", f"HD95 ({unit})",
+                       f"ASD ({unit})"], [])
     for (variant, labeled), members in groups(runs).items():
         paper = PAPER_ACDC_DICE.get((variant, labeled)) if acdc else None
         for checkpoint, label in CHECKPOINTS.items():
             summaries = [r["summaries"][checkpoint] for r in members]
-            head = f"| {variant} | {labeled} | {label} |"
             class_dice = [cell([s["classes"][k]["dice"]["mean"] for s in summaries], 100.0, 1)
                           for k in range(len(names))]
-            overall = metric_cells(summaries, lambda s: s["mean"])
-            lines.append(f"{head} {len(members)} | {overall[0]} | {paper if paper is not None else '-'} | "
-                         + " | ".join(overall[1:] + class_dice) + " |")
+            means = metric_cells(summaries, lambda s: s["mean"])
+            overall.rows.append([variant, labeled, label, str(len(members)), means[0],
+                                 str(paper) if paper is not None else "-", *means[1:], *class_dice])
             for k, name in enumerate(names):
                 cells = metric_cells(summaries, lambda s, k=k: {m: s["classes"][k][m]["mean"] for m in METRICS})
-                per_class.append(f"{head} {name} | " + " | ".join(cells) + " |")
-    return lines + [""] + per_class
+                per_class.rows.append([variant, labeled, label, name, *cells])
+    return [overall, per_class]
+
+
+def markdown(table: Table) -> list[str]:
+    """A table as markdown lines: its caption as a heading, its note, the rows."""
+    note = [table.note, ""] if table.note else []
+    return [f"## {table.caption}", "", *note, "| " + " | ".join(table.header) + " |",
+            "| --- " * len(table.header) + "|", *("| " + " | ".join(row) + " |" for row in table.rows)]
 
 
 def volume_dice(run: dict) -> dict[str, float]:
@@ -223,7 +230,7 @@ def paired_comparison(runs: list[dict], variant: str, reference: str, labeled: s
             "p_value": p_value}
 
 
-def paired_lines(runs: list[dict]) -> list[str]:
+def paired_table(runs: list[dict]) -> Table | None:
     """Each variant against each of `METHODS` before it in table order, at every budget both ran."""
     keys = list(groups(runs))
     rows = []
@@ -235,16 +242,15 @@ def paired_lines(runs: list[dict]) -> list[str]:
             if result is None:
                 continue
             p_value = "-" if result["p_value"] is None else f"{result['p_value']:.2g}"
-            rows.append(f"| {labeled} | {variant} | {reference} | {','.join(map(str, result['seeds']))} | "
-                        f"{result['volumes']} | {100 * result['gain']:+.1f} | {result['ahead']}/{result['volumes']} | "
-                        f"{p_value} |")
+            rows.append([labeled, variant, reference, ",".join(map(str, result["seeds"])), str(result["volumes"]),
+                         f"{100 * result['gain']:+.1f}", f"{result['ahead']}/{result['volumes']}", p_value])
     if not rows:
-        return []
-    return ["## Paired comparison per test volume (best on val)", "",
-            "Dice averaged over classes and over the seeds both methods ran, per test volume; "
-            "two-sided Wilcoxon signed-rank test over the volumes.", "",
-            "| labeled | method | against | seeds | volumes | mean gain (Dice points) | ahead on | Wilcoxon p |",
-            "| --- " * 8 + "|", *rows]
+        return None
+    return Table("Paired comparison per test volume (best on val)",
+                 ["labeled", "method", "against", "seeds", "volumes", "mean gain (Dice points)", "ahead on",
+                  "Wilcoxon p"], rows,
+                 note="Dice averaged over classes and over the seeds both methods ran, per test volume; "
+                      "two-sided Wilcoxon signed-rank test over the volumes.")
 
 
 def protocol_lines(out: Path, runs: list[dict]) -> list[str]:
@@ -362,9 +368,10 @@ def build_report(out: str | Path) -> Path:
     lines = [f"# Results of {len(runs)} finished runs", "", *protocol_lines(out, runs),
              *(f"- Hardware: {h}" for h in hardware_lines),
              f"- Total training wall time: {total / 3600:.2f} h ({total:.0f} s, sum of the runs' train_seconds)",
-             f"- Paper Dice: MONA_SPEC sections 7-8 (ACDC){'' if acdc else '; not ACDC, so not shown'}",
-             "", *tables(runs, acdc), "", *paired_lines(runs), "", "## Figures", "",
-             "![Dice against label budget](dice_vs_budget.png)", ""]
+             f"- Paper Dice: MONA_SPEC sections 7-8 (ACDC){'' if acdc else '; not ACDC, so not shown'}"]
+    table_list = tables(runs, acdc) + [t for t in [paired_table(runs)] if t is not None]
+    lines += ["", *(line for table in table_list for line in markdown(table) + [""]), "## Figures", "",
+              "![Dice against label budget](dice_vs_budget.png)", ""]
     plot_dice_vs_budget(runs, out / "dice_vs_budget.png")
     data_here = Path(first["config"]["data"]["root"]).is_dir()
     by_variant: dict[str, dict[str, dict]] = defaultdict(dict)
@@ -386,4 +393,34 @@ def build_report(out: str | Path) -> Path:
         lines += [f"![{run['name']}](curves_{run['name']}.png)", ""]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))
+    notes = [line[2:].replace("`", "") for line in lines if line.startswith("- ")]
+    write_html(out, runs, notes, table_list)
     return out / "report.md"
+
+
+def write_html(out: Path, runs: list[dict], notes: list[str], table_list: list[Table]) -> Path:
+    """OUT/report.html: the report's tables, Dice against budget, the learning curves of each budget
+    and slice browsers of the first test volumes with the first seed of each method and budget
+    (where the data folder and those runs' best.pt are here)."""
+    figures = [("Dice against label budget", png_uri(lambda buffer: buffer.write((out / "dice_vs_budget.png")
+                                                                                 .read_bytes())))]
+    for labeled in sorted({r["labeled"] for r in runs}, key=budget_key):
+        members = {r["name"]: r["dir"] for r in runs if r["labeled"] == labeled}
+        figures.append((f"learning curves, {labeled} labeled", learning_curves(members, f"{labeled} labeled")))
+    first_seed: dict[tuple[str, str], dict] = {}
+    for run in runs:
+        first_seed.setdefault((run["variant"], run["labeled"]), run)
+    config = runs[0]["config"]
+    browsers = []
+    if Path(config["data"]["root"]).is_dir() and all(run_checkpoint(r["dir"], "best").is_file()
+                                                     for r in first_seed.values()):
+        info = dataset_info(config["data"]["root"], config["data"]["num_classes"])
+        volumes = load_volumes(info, "test")[:BROWSER_VOLUMES]
+        predictions = {f"{variant}, {labeled} labeled": predicted_labels(run["dir"], volumes)
+                       for (variant, labeled), run in first_seed.items()}
+        browsers = [slice_browser(volume, {name: labels[i] for name, labels in predictions.items()}, info.class_names)
+                    for i, volume in enumerate(volumes)]
+    else:
+        notes = notes + ["No slice browsers: they need the data folder and the runs' best.pt"]
+    return write_page(out / "report.html", f"Results of {len(runs)} finished runs", notes, table_list, figures,
+                      browsers)
