@@ -130,17 +130,27 @@ def test_evaluate_largest_component_writes_its_own_folder(tiny_run, capsys):
 
 def test_demo(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--iterations", "4", "--patients", "4", "--no-progress"])
+    code = main(["demo", "--out", str(out), "--iterations", "4", "--patients", "4", "--seed", "3", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     # the demo preset asks for bf16 autocast, switched off with a note on CPUs without native bf16
     assert ("no native bf16" in printed) is not fast_bf16(torch.device("cpu"))
     table = printed[printed.index("test volumes:"):].splitlines()
-    assert table[1].split()[:2] == ["method", "Dice"]
-    assert table[2].split()[0] == "supervised" and table[3].split()[0] == "mean_teacher"
-    assert len(table[2].split()) == 1 + 4 + 3  # method, mean Dice, Jaccard, HD95, ASD, Dice of RV, Myo, LV
-    for method in ("supervised", "mean_teacher"):
-        assert (out / method / "eval_test_best" / "summary.json").is_file()
-        assert torch.load(out / method / "last.pt", weights_only=True)["iteration"] == 4
-    assert (out / "data" / "train_slices.list").is_file()
-
+    assert "seed 3" in table[0] and table[1].split() == ["Dice", "%", "HD95", "mm"]
+    assert table[2].split() == ["method", "mean", "RV", "Myo", "LV", "mean", "RV", "Myo", "LV", "seconds"]
+    assert [row.split()[0] for row in table[3:6]] == ["supervised", "mean_teacher", "mona"]
+    for method, row in zip(("supervised", "mean_teacher", "mona"), table[3:6]):
+        summary = json.loads((out / method / "eval_test_best" / "summary.json").read_text())
+        cells = [float(cell) for cell in row.split()[1:]]
+        assert len(cells) == 9 and cells[0] == pytest.approx(100 * summary["mean"]["dice"], abs=0.051)
+        assert cells[4] == pytest.approx(summary["mean"]["hd95"], abs=0.051)
+    assert torch.load(out / "supervised" / "last.pt", weights_only=True)["iteration"] == 4
+    stages = [torch.load(out / "mona" / stage / "last.pt", weights_only=True)["iteration"]
+              for stage in ("pretrain", "finetune")]
+    assert sum(stages) == 4 and min(stages) >= 1  # MONA trains as many iterations as the others, in two stages
+    meta = json.loads((out / "data" / "mona.json").read_text())
+    assert meta["phantom"] == {"patients": 4, "seed": 3, "slices": [8, 12], "size": [96, 96], "variation": 1.0}
+    page = (out / "report.html").read_text()
+    assert page.count('<input type="range"') == 2  # one slider per test volume (1 test patient, 2 frames)
+    assert all(f"<figcaption>{m}</figcaption>" in page for m in ("image", "truth", "supervised", "mona"))
+    assert "<td>mean_teacher</td>" in page and "learning curves" in page and "http" not in page

@@ -37,11 +37,11 @@ def test_contour_panel_outlines_each_class_in_its_colour():
     labels = np.zeros((8, 8), np.uint8)
     labels[2:6, 2:6] = 1
     rgb = decode(contour_panel(np.full((8, 8), 0.5, np.float32), labels, [(1.0, 0.0, 0.0)]))
-    assert rgb.shape[:2] == (8 * 24, 8 * 24)  # enlarged to PANEL_PIXELS
+    assert rgb.shape[:2] == (8, 8)
     red = (rgb[..., 0] == 1) & (rgb[..., 1] == 0)
-    assert red[2 * 24, 3 * 24] and red[3 * 24 + 5, 2 * 24]  # on the outline
-    assert not red[4 * 24, 4 * 24] and not red[0, 0]  # not inside, not outside
-    assert np.allclose(rgb[4 * 24, 4 * 24, :3], 0.5, atol=0.01)
+    assert red[2, 2:6].all() and red[2:6, 5].all()  # the boundary pixels of the square
+    assert not red[3:5, 3:5].any() and not red[0].any()  # not inside, not outside
+    assert np.allclose(rgb[3, 3, :3], 0.5, atol=0.01)
 
 
 def test_slice_browser_has_one_frame_per_slice_and_a_panel_per_column():
@@ -111,7 +111,7 @@ def test_real_browser_loads_the_page_and_the_slider_moves(tmp_path):
                                   "s.value = s.max; s.dispatchEvent(new Event('input'));</script></body>"))
     for file, index in ((path, 2), (moved, 4)):
         dom = chromium(tmp_path, "--dump-dom", file.as_uri())
-        panels = re.findall(r'<figure><img alt="[^"]*" src="([^"]*)"', dom)
+        panels = re.findall(r'<figure><img alt="[^"]*" width="192" height="192" src="([^"]*)"', dom)
         assert panels == frames[index]
         assert f"<output>slice {index + 1} of 5</output>" in dom
     shot = tmp_path / "page.png"

@@ -1,60 +1,156 @@
-"""Train `supervised` and `mean_teacher` on the built-in phantom at a small label budget,
-score both on the phantom's test volumes and print one table (a few minutes on 2 CPU cores).
+"""Train supervised, mean teacher and MONA on the built-in phantom with one labeled patient, score
+them on its test volumes, print one table and write `report.html` (about 4 minutes on 2 CPU cores).
 
-  mona demo [--out mona-demo] [--iterations 300] [--labeled 1]
+  mona demo [--out mona-demo] [--seed 0] [--iterations N] [--labeled 1] [--patients 20]
 
-Everything is written under --out: the phantom (data/), one run folder per method, and
-each run's evaluation; a second demo into the same --out replaces its runs. Nothing is
-downloaded.
+Everything is written under --out: the phantom (data/), one run folder per method, each run's
+evaluation and report.html; a second demo into the same --out replaces its runs (and rewrites
+the phantom when --seed or --patients changed). Nothing is downloaded. The phantom is the
+harder one (`variation=1`: heart size, position and contrast differ between patients), so one
+labeled patient does not cover the test patients and the unlabeled ones do.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import time
 from pathlib import Path
 
-from mona.config import load_config
+import torch
+
+from mona.config import Config, load_config
 from mona.data.phantom import write_phantom
+from mona.data.ssl4mis import dataset_info, load_volumes
+from mona.engine.environment import cpu_name
 from mona.engine.run import evaluate_run, train
+from mona.engine.run_folder import read_stages
+from mona.engine.trainer import precision, resolve_device
+from mona.errors import MonaError
+from mona.experiments.html import Table, learning_curves, predicted_labels, slice_browser, write_page
+
+METHODS = "supervised,mean_teacher,mona"
+PHANTOM_VARIATION = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("mona-demo"), help="output folder (default mona-demo)")
-    parser.add_argument("--iterations", type=int, default=None, help="iterations per method (preset: 300)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and of every run (default 0)")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="iterations per method, MONA's stages included (preset: see mona/presets/demo.yaml)")
     parser.add_argument("--labeled", default="1", help="labeled phantom patients (default 1)")
     parser.add_argument("--patients", type=int, default=20, help="phantom patients (default 20)")
-    parser.add_argument("--methods", default="supervised,mean_teacher", help="comma-separated methods")
+    parser.add_argument("--methods", default=METHODS, help=f"comma-separated methods (default {METHODS})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def format_comparison(results: dict[str, dict]) -> str:
-    """One row per method: mean Dice/Jaccard (%) and HD95/ASD, then Dice of each class."""
+def phantom_settings(args: argparse.Namespace) -> dict:
+    return {"patients": args.patients, "seed": args.seed, "variation": PHANTOM_VARIATION}
+
+
+def ensure_phantom(data: Path, wanted: dict) -> None:
+    """Write the phantom to `data`, or keep the one there when it was written with the same settings;
+    a phantom written with others is replaced, any other folder is left alone."""
+    meta = data / "mona.json"
+    if meta.is_file():
+        recorded = json.loads(meta.read_text()).get("phantom", {})
+        if {key: recorded.get(key) for key in wanted} == wanted:
+            return
+        if not recorded:
+            raise MonaError("this folder holds a dataset that is not the demo's phantom; choose another --out", data)
+        shutil.rmtree(data)
+    elif data.exists() and any(data.iterdir()):
+        raise MonaError("this folder holds files that are not the demo's phantom; choose another --out", data)
+    write_phantom(data, **wanted)
+    print(f"phantom written to {data}")
+
+
+def split_mona_iterations(config: Config) -> None:
+    """MONA trains as many iterations as the other methods: its stage 1 takes the preset's share
+    (`mona.pretrain_iterations` of the preset's `train.iterations`), stage 2 the rest."""
+    preset = load_config(["demo"])
+    total = config.train.iterations
+    if total < 2:
+        raise MonaError(f"MONA trains two stages: give --iterations 2 or more, not {total}")
+    pretrain = round(total * preset.mona.pretrain_iterations / preset.train.iterations)
+    config.mona.pretrain_iterations = min(max(1, pretrain), total - 1)
+    config.train.iterations = total - config.mona.pretrain_iterations
+
+
+def method_iterations(run_dir: Path) -> str:
+    """`300`, or `100+200` for a run of two stages (from RUN/stages.json)."""
+    return "+".join(str(stage["iterations"]) for stage in read_stages(run_dir))
+
+
+def format_comparison(results: dict[str, dict], seconds: dict[str, float]) -> str:
+    """One row per method: Dice (%) and HD95, each as the mean over classes then per class, and
+    the seconds the method took (training and scoring)."""
     first = next(iter(results.values()))
-    names = [c["name"] for c in first["classes"]]
-    unit = first["unit"]
-    header = f"{'method':<14}{'Dice %':>8}{'Jacc %':>8}{'HD95':>8}{'ASD':>8}" + "".join(f"{n[:8]:>9}" for n in names)
-    lines = [f"test volumes: {first['cases']}, distances in {unit}, per-class columns are Dice %", header]
+    names = [c["name"][:6] for c in first["classes"]]
+    width = 8 + 7 * len(names)
+    lines = [f"{'':<14}{'Dice %':<{width}}{'HD95 ' + first['unit']:<{width}}",
+             f"{'method':<14}" + 2 * (f"{'mean':>8}" + "".join(f"{n:>7}" for n in names)) + f"{'seconds':>9}"]
     for method, summary in results.items():
-        mean = summary["mean"]
-        row = (f"{method:<14}{100 * mean['dice']:>8.1f}{100 * mean['jaccard']:>8.1f}"
-               f"{mean['hd95']:>8.2f}{mean['asd']:>8.2f}")
-        lines.append(row + "".join(f"{100 * c['dice']['mean']:>9.1f}" for c in summary["classes"]))
+        dice = f"{100 * summary['mean']['dice']:>8.1f}" + "".join(f"{100 * c['dice']['mean']:>7.1f}"
+                                                               for c in summary["classes"])
+        hd95 = f"{summary['mean']['hd95']:>8.1f}" + "".join(f"{c['hd95']['mean']:>7.1f}" for c in summary["classes"])
+        lines.append(f"{method:<14}{dice}{hd95}{seconds[method]:>9.0f}")
     return "\n".join(lines)
 
 
+def comparison_table(results: dict[str, dict], seconds: dict[str, float], iterations: dict[str, str]) -> Table:
+    """The printed table as an HTML table, with each method's iterations."""
+    first = next(iter(results.values()))
+    names = [c["name"] for c in first["classes"]]
+    unit = first["unit"]
+    header = ["method", "Dice %", *(f"Dice {n} %" for n in names), f"HD95 {unit}",
+              *(f"HD95 {n} {unit}" for n in names), "iterations", "seconds"]
+    rows = [[method, f"{100 * s['mean']['dice']:.1f}", *(f"{100 * c['dice']['mean']:.1f}" for c in s["classes"]),
+             f"{s['mean']['hd95']:.1f}", *(f"{c['hd95']['mean']:.1f}" for c in s["classes"]), iterations[method],
+             f"{seconds[method]:.0f}"] for method, s in results.items()]
+    return Table(f"Test volumes: {first['cases']}, mean over volumes (best checkpoint on val)", header, rows)
+
+
+def write_report(out: Path, data: Path, runs: dict[str, Path], table: Table, notes: list[str]) -> Path:
+    """report.html: the table, the learning curves and a slice browser per test volume."""
+    info = dataset_info(data)
+    volumes = load_volumes(info, "test")
+    predictions = {method: predicted_labels(run_dir, volumes) for method, run_dir in runs.items()}
+    browsers = [slice_browser(volume, {m: labels[i] for m, labels in predictions.items()}, info.class_names)
+                for i, volume in enumerate(volumes)]
+    return write_page(out / "report.html", "mona demo: one labeled phantom patient", notes, [table],
+                      [("learning curves", learning_curves(runs))], browsers)
+
+
 def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
     data = args.out / "data"
-    if not (data / "train_slices.list").is_file():
-        write_phantom(data, patients=args.patients)
-        print(f"phantom written to {data}")
-    results = {}
+    ensure_phantom(data, phantom_settings(args))
+    results, seconds, runs = {}, {}, {}
     for method in args.methods.split(","):
         overrides = [f"method={method}", f"data.root={data}", f"data.labeled={args.labeled}",
-                     f"out={args.out / method}", f"train.progress={not args.no_progress}"]
+                     f"out={args.out / method}", f"train.seed={args.seed}", f"train.progress={not args.no_progress}"]
         if args.iterations:
             overrides.append(f"train.iterations={args.iterations}")
         config = load_config(["demo"], overrides)
+        if method == "mona":
+            split_mona_iterations(config)
+        tick = time.perf_counter()
         train(config, overwrite=True)
         results[method] = evaluate_run(config.out, "test")
-    print(format_comparison(results))
+        seconds[method] = time.perf_counter() - tick
+        runs[method] = Path(config.out)
+    device = resolve_device(config.train.device)
+    first = next(iter(results.values()))
+    heading = (f"test volumes: {first['cases']} ({args.patients} phantom patients, {args.labeled} labeled), "
+               f"seed {args.seed}, {device.type} {precision(config, device)}, best checkpoint on val")
+    print(heading)
+    print(format_comparison(results, seconds))
+    iterations = {method: method_iterations(run_dir) for method, run_dir in runs.items()}
+    notes = [heading, f"CPU: {cpu_name()}, {torch.get_num_threads()} threads",
+             "iterations: " + ", ".join(f"{m} {i}" for m, i in iterations.items()) + " (MONA: stage 1 + stage 2)",
+             f"training and scoring: {sum(seconds.values()):.0f} s; data and runs in {args.out.absolute()}"]
+    report = write_report(args.out, data, runs, comparison_table(results, seconds, iterations), notes)
+    print(f"total {time.perf_counter() - start:.0f} s; report: {report}")
     return 0
