@@ -56,9 +56,10 @@ def peak_rss_mb() -> float:
 
 
 def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, amp: bool, steps: int, warmup: int,
-          representation_stride: int = 1, compile_networks: bool = False):
+          representation_stride: int = 1, compile_networks: bool = False, channels_last: bool = True):
     torch.manual_seed(0)
-    method = make_method(name, 4, size, representation_stride).to(device).to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    method = make_method(name, 4, size, representation_stride).to(device).to(memory_format=memory_format)
     fill_memory_banks(method)
     if compile_networks:
         for network in (method.model, method.teacher):
@@ -69,7 +70,7 @@ def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, am
     generator = torch.Generator().manual_seed(0)
 
     def batch_of(n: int, with_label: bool):
-        out = {"image": torch.rand(n, 1, size, size, device=device).contiguous(memory_format=torch.channels_last)}
+        out = {"image": torch.rand(n, 1, size, size, device=device).contiguous(memory_format=memory_format)}
         if with_label:
             out["label"] = torch.randint(0, 4, (n, size, size), device=device)
         return out
@@ -113,7 +114,8 @@ def main() -> None:
     parser.add_argument("--representation-stride", type=int, default=1, help="MONA stage 2 pixel-embedding stride")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="time cuDNN's algorithms first (off in the trainer: no gain measured, docs/results.md)")
+                        help="time cuDNN's algorithms first (off in the trainer: no gain measured)")
+    parser.add_argument("--contiguous", action="store_true", help="NCHW tensors (train.channels_last=false)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student and teacher UNets")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
@@ -128,12 +130,13 @@ def main() -> None:
     for name in args.methods.split(","):
         batch = PAPER_BATCHES[name] if args.paper_batches else (args.batch, args.batch)
         rows.append(bench(name, args.size, batch, device, amp, args.steps, args.warmup, args.representation_stride,
-                          args.compile))
+                          args.compile, not args.contiguous))
     reference = next((r["sec_per_iter"] for r in rows if r["method"] == "mean_teacher"), None)
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"{hardware}, {torch.get_num_threads()} threads, {args.size}x{args.size}, amp={amp}, "
           f"representation stride {args.representation_stride}, cudnn.benchmark={torch.backends.cudnn.benchmark}, "
-          f"compile={args.compile}, torch {torch.__version__}, {date.today()}")
+          f"compile={args.compile}, {'contiguous' if args.contiguous else 'channels_last'}, "
+          f"torch {torch.__version__}, {date.today()}")
     print(f"{'method':<15}{'batch':>7}{'s/iter':>9}{'img/s':>8}{'peak MB':>9}{'x MT':>7}")
     for row in rows:
         row["ratio_to_mean_teacher"] = row["sec_per_iter"] / reference if reference else None
