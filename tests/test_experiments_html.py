@@ -13,7 +13,7 @@ import pytest
 from matplotlib.image import imread
 
 from mona.data.ssl4mis import Volume3D
-from mona.experiments.html import Table, contour_panel, learning_curves, slice_browser, write_page
+from mona.experiments.html import Table, learning_curves, outline_png, slice_browser, write_page
 
 CLASSES = ["background", "RV", "Myo", "LV"]
 
@@ -33,26 +33,29 @@ def decode(uri):
     return imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), format="png")
 
 
-def test_contour_panel_outlines_each_class_in_its_colour():
+def test_outline_layer_marks_each_class_boundary_in_its_colour():
     labels = np.zeros((8, 8), np.uint8)
     labels[2:6, 2:6] = 1
-    rgb = decode(contour_panel(np.full((8, 8), 0.5, np.float32), labels, [(1.0, 0.0, 0.0)]))
-    assert rgb.shape[:2] == (8, 8)
-    red = (rgb[..., 0] == 1) & (rgb[..., 1] == 0)
+    rgba = decode(outline_png(labels, [(1.0, 0.0, 0.0)]))
+    assert rgba.shape == (8, 8, 4)
+    red = (rgba[..., 0] == 1) & (rgba[..., 1] == 0) & (rgba[..., 3] == 1)
     assert red[2, 2:6].all() and red[2:6, 5].all()  # the boundary pixels of the square
-    assert not red[3:5, 3:5].any() and not red[0].any()  # not inside, not outside
-    assert np.allclose(rgb[3, 3, :3], 0.5, atol=0.01)
+    assert rgba[3:5, 3:5, 3].max() == 0 and rgba[0, :, 3].max() == 0  # transparent inside and outside
+    assert decode(outline_png(None, [(1.0, 0.0, 0.0)]))[..., 3].max() == 0
 
 
-def test_slice_browser_has_one_frame_per_slice_and_a_panel_per_column():
+def test_slice_browser_has_one_frame_per_slice_and_a_layer_per_column():
     vol = volume()
     section = slice_browser(vol, {"supervised": vol.label, "mona": np.zeros_like(vol.label)}, CLASSES)
     frames = json.loads(re.search(r'<script type="application/json" class="frames">(.*?)</script>', section)[1])
-    assert len(frames) == 5 and all(len(row) == 4 for row in frames)  # image, truth, two methods
+    assert len(frames) == 5 and all(len(row) == 1 + 4 for row in frames)  # grey image, then image, truth, 2 methods
     assert re.findall(r"<figcaption>(.*?)</figcaption>", section) == ["image", "truth", "supervised", "mona"]
     assert '<input type="range" min="0" max="4" value="2"' in section
-    assert frames[0][1] != frames[4][1] and frames[0][3] != frames[4][3]  # the slices differ
-    assert frames[2][1] == frames[2][2]  # truth and a perfect prediction draw the same outlines
+    grey = decode(frames[4][0])
+    assert grey.ndim == 2 and grey.max() == 1 and grey[0, 0] == 0  # the slice itself, 8-bit grey
+    assert frames[0][0] != frames[4][0] and frames[0][2] != frames[4][2]  # the slices differ
+    assert frames[2][2] == frames[2][3]  # truth and a perfect prediction draw the same outlines
+    assert decode(frames[2][4])[..., 3].max() == 0  # an empty prediction draws nothing
 
 
 def write_metrics(folder, records):
@@ -100,9 +103,9 @@ def chromium(tmp_path, *args):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (Debian package chromium)")
 def test_real_browser_loads_the_page_and_the_slider_moves(tmp_path):
-    """Headless Chromium runs the page's script: the panels show the middle slice; an `input` event
-    on the slider (what dragging it fires) at its last position shows the last slice; a screenshot
-    of the page is not blank."""
+    """Headless Chromium runs the page's script: the panels show the middle slice (and the script
+    writes its number); an `input` event on the slider (what dragging it fires) at its last position
+    shows the last slice; a screenshot of the page is not blank."""
     path = page(tmp_path)
     text = path.read_text()
     frames = json.loads(re.search(r'class="frames">(.*?)</script>', text)[1])
@@ -111,8 +114,9 @@ def test_real_browser_loads_the_page_and_the_slider_moves(tmp_path):
                                   "s.value = s.max; s.dispatchEvent(new Event('input'));</script></body>"))
     for file, index in ((path, 2), (moved, 4)):
         dom = chromium(tmp_path, "--dump-dom", file.as_uri())
-        panels = re.findall(r'<figure><img alt="[^"]*" width="192" height="192" src="([^"]*)"', dom)
-        assert panels == frames[index]
+        bases = re.findall(r'<img class="base" alt="[^"]*" width="192" height="192" src="([^"]*)"', dom)
+        layers = re.findall(r'<img class="layer" alt="" width="192" height="192" src="([^"]*)"', dom)
+        assert bases == [frames[index][0]] * 3 and layers == frames[index][1:]
         assert f"<output>slice {index + 1} of 5</output>" in dom
     shot = tmp_path / "page.png"
     chromium(tmp_path, f"--screenshot={shot}", "--window-size=1000,800", "--hide-scrollbars", path.as_uri())
