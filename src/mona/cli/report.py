@@ -3,7 +3,9 @@
   mona report OUT
 
 Writes OUT/results.csv (one row per run x checkpoint x class), OUT/report.md (mean ± std
-over seeds per method and budget, with the paper's ACDC numbers) and its PNG figures.
+over seeds per method and budget, with the paper's ACDC numbers) and its PNG figures, and
+OUT/report.html: the same tables, learning curves and a slice browser per test volume in one
+self-contained page (the page `mona demo` writes too).
 """
 
 from __future__ import annotations
@@ -18,5 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"report: {build_report(args.out)}")
+    report = build_report(args.out)
+    print(f"report: {report} and {report.with_suffix('.html')}")
     return 0

@@ -1,4 +1,4 @@
-"""The report of a grid folder (OUT/runs/<run>): results.csv, report.md and its PNG figures.
+"""The report of a grid folder (OUT/runs/<run>): results.csv, report.md and its PNG figures, report.html.
 
 Only finished runs (RUN/eval_test_best/summary.json) are read, so the report can be rebuilt
 at any time, also while a grid is still running. Aggregates are the mean and sample std
