@@ -68,3 +68,20 @@ def test_frozen_batchnorm_statistics_keeps_running_stats_and_restores_momentum()
         assert norm.momentum == 0.1
     model(torch.rand(2, 1, 32, 32) * 5 + 3)
     assert not torch.equal(norms[0].running_mean, before[0][0])
+
+
+def test_cpu_dropout_keeps_dropouts_law():
+    """Each element kept with probability 1 - p and scaled by 1 / (1 - p); identity in eval mode."""
+    from mona.models.unet import CPUDropout
+
+    torch.manual_seed(0)
+    dropout = CPUDropout(0.3)
+    x = torch.ones(200_000, requires_grad=True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x * mask / 0.7) / dx
+    dropout.eval()
+    assert torch.equal(dropout(x), x)

@@ -24,13 +24,26 @@ class UNetOutput(NamedTuple):
     decoder: list[torch.Tensor]  # coarse to fine: 256@1/16, 128@1/8, 64@1/4, 32@1/2, 16@1/1
 
 
+class CPUDropout(nn.Dropout):
+    """`nn.Dropout` whose mask comes from `uniform_` on the CPU: the same law (each element kept
+    with probability 1 - p, scaled by 1 / (1 - p)), but `bernoulli_`, which `nn.Dropout` draws with
+    there, was ~10 % of a mean-teacher step on 2 AVX2 cores (docs/performance.md). CUDA keeps
+    PyTorch's fused kernel. No state, so checkpoints are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        keep = torch.empty_like(x).uniform_() >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 class ConvBlock(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, dropout: float):
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, padding=1),
             nn.BatchNorm2d(out_channels),
             nn.LeakyReLU(),
-            nn.Dropout(dropout),
+            CPUDropout(dropout),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
             nn.BatchNorm2d(out_channels),
             nn.LeakyReLU(),
