@@ -262,7 +262,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _value(config: Config, dotted: str) -> Any:
+def config_value(config: Config, dotted: str) -> Any:
+    """The value of a dotted key (`optim.lr`)."""
     node: Any = config
     for part in dotted.split("."):
         node = getattr(node, part)
@@ -282,10 +283,10 @@ def validate(config: Config) -> None:
     if config.method not in METHODS:
         raise MonaError(f"unknown method {config.method!r} ({', '.join(METHODS)})")
     for key, allowed in CHOICES.items():
-        if _value(config, key) not in allowed:
-            raise MonaError(f"{key} must be one of {', '.join(allowed)}, not {_value(config, key)!r}")
+        if config_value(config, key) not in allowed:
+            raise MonaError(f"{key} must be one of {', '.join(allowed)}, not {config_value(config, key)!r}")
     for key, (low, high) in RANGES.items():
-        value = _value(config, key)
+        value = config_value(config, key)
         if not (low is None or value >= low) or not (high is None or value <= high):
             raise MonaError(f"{key}={value!r} is out of range: it must be {_bounds(low, high)}")
     labeled = config.data.labeled

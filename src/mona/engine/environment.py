@@ -41,7 +41,9 @@ def git_commit() -> str | None:
                                 text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
 
 
 def describe(device: torch.device, precision: str) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mona.config import Config, config_from_dict, load_run_config, save_config
+from mona.config import Config, config_from_dict, config_value, load_run_config, save_config
 from mona.data.io import atomic_path
 from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
 from mona.engine import distributed
@@ -42,13 +42,6 @@ def absolute_paths(config: Config) -> Config:
     return config
 
 
-def _value(config: Config, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
 def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:
     """The config a run folder was started with (its `config.yaml`), plus overrides that keep it
     the same run: more iterations, another device, a moved dataset's new place."""
@@ -60,7 +53,7 @@ def resume_config(run_dir: str | Path, overrides: list[str] = ()) -> Config:
     config = absolute_paths(load_run_config(path, overrides))
     config.out = str(root)
     for key in FIXED_ON_RESUME:
-        old, new = _value(saved, key), _value(config, key)
+        old, new = config_value(saved, key), config_value(config, key)
         if key == "data.root" and old != new and not Path(old).is_dir():
             continue  # the dataset moved: its new place is accepted
         if old != new:
@@ -99,14 +92,18 @@ def _start_from(method: Method, source: str, run_dir: Path) -> None:
         method.teacher.load_state_dict(method.model.state_dict())
 
 
-def _check_lengths(run_dir: Path, stages: list[Stage]) -> None:
-    """A resumed stage may be lengthened, not cut below the iterations it has already run."""
+def _saved_states(run_dir: Path, stages: list[Stage]) -> dict[str, dict | None]:
+    """Each stage's `last.pt`, read once (None where there is none yet). A resumed stage may be
+    lengthened, not cut below the iterations it has already run."""
+    states = {}
     for stage in stages:
         last = (run_dir / stage.name if stage.name else run_dir) / "last.pt"
-        done = load_checkpoint(last)["iteration"] if last.is_file() else 0
+        states[stage.name] = load_checkpoint(last) if last.is_file() else None
+        done = states[stage.name]["iteration"] if states[stage.name] else 0
         if done > stage.iterations:
             raise MonaError(f"this stage has already run {done} iterations, more than the {stage.iterations} now "
                             "asked for; --resume may add iterations, not remove them", last)
+    return states
 
 
 def _record_environment(run_dir: Path, record: dict) -> None:
@@ -130,8 +127,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict
     absolute_paths(config)
     run_dir = Path(config.out)
     stages = method_stages(config)
+    device = distributed.setup(resolve_device(config.train.device))  # joins the process group under torchrun
     main = distributed.is_main()
-    device = resolve_device(config.train.device)
     if resume:
         check_dataset(config, run_dir)
     info = dataset_info(config.data.root, config.data.num_classes)
@@ -141,7 +138,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict
         try:
             if main:
                 claim(run_dir, resume, overwrite)
-                _check_lengths(run_dir, stages)
+            distributed.barrier()  # other ranks look for checkpoints only after rank 0 has claimed the folder
+            saved = _saved_states(run_dir, stages)
             data = load_train_data(info, config.data.labeled, config.data.image_size)
             val = load_volumes(info, "val")
             if main:
@@ -158,18 +156,16 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict
         result: dict = {}
         for index, stage in enumerate(stages):
             stage_dir = run_dir / stage.name if stage.name else run_dir
-            last = stage_dir / "last.pt"
-            if last.is_file():
-                state = load_checkpoint(last)
-                if state["iteration"] >= stage.iterations:
-                    result = {"best": state["metrics"]["best"], "last": state["metrics"]["val"]}
-                    continue
+            state = saved.pop(stage.name)
+            if state is not None and state["iteration"] >= stage.iterations:
+                result = {"best": state["metrics"]["best"], "last": state["metrics"]["val"]}
+                continue
             torch.manual_seed(config.train.seed + 1_000_003 * index)  # a stage's initial weights: fixed by the seed
             method = stage.build(info.num_classes)
-            if stage.init_from and not last.is_file():
+            if stage.init_from and state is None:
                 _start_from(method, stage.init_from, run_dir)
             try:
-                result = Trainer(config, method, data, val, stage_dir, stage, info, say).fit(resume=last.is_file())
+                result = Trainer(config, method, data, val, stage_dir, stage, info, say).fit(state)
             except RunInterrupted as stop:
                 saved = any((folder / "last.pt").is_file() for folder in stage_folders(run_dir))
                 hint = (f"Continue with: mona train --resume {run_dir}" if saved

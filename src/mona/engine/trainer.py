@@ -27,7 +27,7 @@ from tqdm import tqdm
 from mona.config import Config
 from mona.data.ssl4mis import DatasetInfo, TrainData, Volume3D, sample_indices
 from mona.engine import distributed
-from mona.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from mona.engine.checkpoint import load_weights, save_checkpoint
 from mona.engine.schedule import ema_momentum, ema_update, poly_lr
 from mona.errors import MonaError, RunInterrupted
 from mona.evaluation.inference import autocast, dice_per_class, predict_volume
@@ -74,8 +74,9 @@ def step_seed(seed: int, iteration: int, rank: int = 0) -> int:
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) and SIGTERM set a flag that the loop reads after each step, so a stopped
-    run saves a consistent `last.pt`; a second Ctrl-C stops at once (KeyboardInterrupt)."""
+    """Ctrl-C (SIGINT) and SIGTERM set a flag that the loop reads after each step (data-parallel
+    runs: after the next logging step, where the ranks agree), so a stopped run saves a
+    consistent `last.pt`; a second Ctrl-C stops at once (KeyboardInterrupt)."""
 
     def __init__(self, say: Callable[[str], None]):
         self.requested = False
@@ -175,8 +176,9 @@ class Trainer:
                 kept.append(line)
         path.write_text("".join(line + "\n" for line in kept))
 
-    def fit(self, resume: bool = False) -> dict:
-        """Train to the end (or from `last.pt` when resuming); returns the final metrics."""
+    def fit(self, state: dict | None = None) -> dict:
+        """Train to the end, from the start or from `state` (this stage's `last.pt`, already read);
+        returns the final metrics."""
         from torch.utils.tensorboard import SummaryWriter
 
         config, method, stage, device = self.config, self.method, self.stage, self.device
@@ -203,8 +205,7 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda") if fp16 else None
         amp_dtype = torch.float16 if fp16 else torch.bfloat16
         start, best, last_val, elapsed = 0, {"dice": -1.0, "iteration": -1}, {}, 0.0
-        if resume:
-            state = load_checkpoint(self.run_dir / "last.pt")
+        if state is not None:
             load_weights(method, state["method"], self.run_dir / "last.pt")
             optimizer.load_state_dict(state["optimizer"])
             if scaler is not None and state["scaler"]:
@@ -312,7 +313,14 @@ class Trainer:
                                  f"(best {best['dice']:.4f} at {best['iteration']})")
                     elif main and time.perf_counter() - last_save >= config.train.checkpoint_every:
                         save(done)
-                    if distributed.any_rank(stop.requested, device) if parallel else stop.requested:
+                    # ranks agree on a stop at logging steps only: an all-reduce every step would make
+                    # each CUDA step wait for the host
+                    if parallel:
+                        stopping = (done % config.train.log_every == 0 or done == total) and \
+                            distributed.any_rank(stop.requested, device)
+                    else:
+                        stopping = stop.requested
+                    if stopping:
                         if main and saved_at != done:
                             save(done)
                         raise RunInterrupted(f"[{method.name}] stopped at iteration {done}/{total}, "
