@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from mona.cli.demo import LEARNING_RATES
 from mona.cli.main import VERBS, main
 from mona.config import load_config
 from mona.data.phantom import write_phantom
@@ -148,6 +149,8 @@ def test_demo(tmp_path, capsys):
     stages = [torch.load(out / "mona" / stage / "last.pt", weights_only=True)["iteration"]
               for stage in ("pretrain", "finetune")]
     assert sum(stages) == 4 and min(stages) >= 1  # MONA trains as many iterations as the others, in two stages
+    rates = {method: load_config([out / method / "config.yaml"]).optim.lr for method in LEARNING_RATES}
+    assert rates == LEARNING_RATES  # each method at the learning rate chosen for it on val, recorded in its run folder
     meta = json.loads((out / "data" / "mona.json").read_text())
     assert meta["phantom"] == {"patients": 4, "seed": 3, "slices": [8, 12], "size": [96, 96], "variation": 1.0}
     page = (out / "report.html").read_text()
