@@ -12,7 +12,7 @@ from mona.errors import MonaError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 VERBS = {
-    "demo": ("mona.cli.demo", "train supervised and mean teacher on the built-in phantom and compare them"),
+    "demo": ("mona.cli.demo", "train supervised, mean teacher and MONA on the built-in phantom and compare them"),
     "synth": ("mona.cli.synth", "write the built-in synthetic cardiac phantom in the SSL4MIS layout"),
     "train": ("mona.cli.train", "train a method (supervised, mean_teacher, mona) on a dataset"),
     "evaluate": ("mona.cli.evaluate", "score a run on val/test volumes, or a folder of predictions against truths"),
