@@ -92,3 +92,23 @@ def test_float32_under_bf16_autocast():
     assert same.dtype == low.dtype == torch.float32 and torch.isfinite(low)
     torch.testing.assert_close(same, expected)
     torch.testing.assert_close(low, expected, rtol=3e-2, atol=3e-2)
+
+
+def test_balanced_mean_is_the_mean_of_per_class_means():
+    target, prediction, mask = _inputs(6)
+    classes = torch.randint(0, 4, mask.shape, generator=torch.Generator().manual_seed(6))
+    classes[mask & (classes == 2)] = 1  # a class absent from the mask does not count
+    expected = [reference_eqv(target, prediction, mask & (classes == k)) for k in range(4)
+                if bool((mask & (classes == k)).any())]
+    loss = EquivarianceLoss()(target, prediction, mask, classes)
+    assert len(expected) == 3 and float(loss) == pytest.approx(sum(expected) / 3, rel=1e-5)
+    plain = EquivarianceLoss()(target, prediction, mask)
+    assert float(plain) != pytest.approx(float(loss), rel=1e-3)  # the plain mean weighs classes by their pixels
+
+
+def test_balanced_mean_of_an_empty_mask_is_a_graph_zero():
+    target, prediction, mask = _inputs(7)
+    prediction.requires_grad_(True)
+    loss = EquivarianceLoss()(target, prediction, torch.zeros_like(mask), torch.zeros(mask.shape, dtype=torch.long))
+    loss.backward()
+    assert loss.item() == 0.0 and float(prediction.grad.abs().sum()) == 0.0

@@ -190,7 +190,7 @@ def test_equivariance_forwards_leave_batchnorm_statistics_alone():
     assert all(torch.equal(n.running_mean, mean) for n, mean in zip(norms, before))
 
 
-@pytest.mark.parametrize("pixels, expect_loss", [("foreground", False), ("confident", True)])
+@pytest.mark.parametrize("pixels, expect_loss", [("foreground", False), ("confident", True), ("balanced", True)])
 def test_eqv_pixels_decides_whether_background_counts(pixels, expect_loss):
     from mona.config import MonaConfig
 
@@ -200,3 +200,26 @@ def test_eqv_pixels_decides_whether_background_counts(pixels, expect_loss):
     loss = method._equivariance(torch.rand(2, 1, 32, 32), background, torch.ones(2, 32, 32),
                                 torch.Generator().manual_seed(0))
     assert (loss > 0) == expect_loss
+
+
+def test_balanced_eqv_weighs_each_class_alike(monkeypatch):
+    """`eqv_pixels=balanced` passes the warped labels to L_eqv, which then averages per class."""
+    from mona.config import MonaConfig
+
+    seen = {}
+
+    def record(target, prediction, mask, classes=None):
+        seen.update(mask=mask, classes=classes)
+        return prediction.sum() * 0.0
+
+    labels = torch.zeros(2, 32, 32, dtype=torch.long)
+    labels[:, 12:20, 12:20] = 2
+    for pixels in ("confident", "balanced"):
+        method = MonaFinetune(4, MonaConfig(eqv_pixels=pixels))
+        monkeypatch.setattr(method.equivariance, "forward", record)
+        method._equivariance(torch.rand(2, 1, 32, 32), labels, torch.ones(2, 32, 32), torch.Generator().manual_seed(0))
+        if pixels == "confident":
+            assert seen["classes"] is None
+            confident_mask = seen["mask"]
+    assert torch.equal(seen["mask"], confident_mask)  # the same pixels, the same warp
+    assert set(seen["classes"][seen["mask"]].unique().tolist()) == {0, 2}  # the warped labels, per pixel

@@ -95,7 +95,7 @@ class MonaConfig:
     rampup: float = 0.0  # fraction of stage 2 over which L_unsup, L_contrast, L_eqv, L_nn ramp in (sigmoid); 0 = spec
     confidence_threshold: float = 0.97
     eqv_confidence: float = 0.7
-    eqv_pixels: str = "foreground"  # foreground (spec: pseudo-label != 0) | confident (every class)
+    eqv_pixels: str = "foreground"  # foreground (spec: pseudo-label != 0) | confident (every class) | balanced
     eqv_labeled: bool = True  # L_eqv on labeled slices too, masked by their truth (spec); false = unlabeled only
     entropy_split: str = "spec"  # L_contrast: spec (U2PL: alpha_t % most certain/uncertain unlabeled pixels,
     # labeled pixels not gated) | one_cut (the earlier reading: one cut at the (100 - alpha_t) percentile, all pixels)
@@ -257,7 +257,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"), "train.amp_dtype": ("bf16", "fp16"),
-    "mona.stage": ("both", "pretrain", "finetune"), "mona.eqv_pixels": ("foreground", "confident"),
+    "mona.stage": ("both", "pretrain", "finetune"), "mona.eqv_pixels": ("foreground", "confident", "balanced"),
     "mona.entropy_split": ("spec", "one_cut"), "mona.diffeomorphism": ("advmorph", "rms_cells"),
 }
 

@@ -146,7 +146,8 @@ class MonaFinetune(Method):
         on labeled slices, the teacher's pseudo-label and confidence on unlabeled ones (the
         spec's "label or pseudo-label"). `mona.eqv_pixels` "foreground" (spec) keeps pixels whose
         label is not background; "confident" keeps background too, so the loss also penalises
-        foreground the warped view invents (docs/method.md). Its two extra student forwards
+        foreground the warped view invents; "balanced" keeps the same pixels as "confident" but
+        averages per class, then over classes (docs/method.md). Its two extra student forwards
         leave BatchNorm's running statistics alone (`frozen_batchnorm_statistics`).
         """
         warp = random_equivariance_warp(generator, images.shape[0], images.shape[-2:], images.device)
@@ -156,9 +157,11 @@ class MonaFinetune(Method):
                 target = warp(torch.softmax(self.model(images).logits.float(), dim=1))
             prediction = self.model(warp(second_view)).logits
         mask = (warp(confidence) >= self.config.eqv_confidence) & warp.inside
+        warped_labels = warp(labels)
         if self.config.eqv_pixels == "foreground":
-            mask &= warp(labels) != 0
-        return self.equivariance(target, prediction, mask)
+            mask &= warped_labels != 0
+        return self.equivariance(target, prediction, mask,
+                                 warped_labels if self.config.eqv_pixels == "balanced" else None)
 
     def training_step(self, labeled, unlabeled, progress, generator):
         cfg = self.config
