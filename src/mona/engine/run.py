@@ -167,8 +167,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict
             try:
                 result = Trainer(config, method, data, val, stage_dir, stage, info, say).fit(state)
             except RunInterrupted as stop:
-                saved = any((folder / "last.pt").is_file() for folder in stage_folders(run_dir))
-                hint = (f"Continue with: mona train --resume {run_dir}" if saved
+                resumable = any((folder / "last.pt").is_file() for folder in stage_folders(run_dir))
+                hint = (f"Continue with: mona train --resume {run_dir}" if resumable
                         else "Nothing was saved yet: start it again with --overwrite.")
                 say.record(f"{stop} {hint}")
                 raise RunInterrupted(f"{stop} {hint}") from None

@@ -157,11 +157,11 @@ class MonaFinetune(Method):
                 target = warp(torch.softmax(self.model(images).logits.float(), dim=1))
             prediction = self.model(warp(second_view)).logits
         mask = (warp(confidence) >= self.config.eqv_confidence) & warp.inside
-        warped_labels = warp(labels)
-        if self.config.eqv_pixels == "foreground":
+        pixels = self.config.eqv_pixels
+        warped_labels = warp(labels) if pixels in ("foreground", "balanced") else None  # "confident" needs none
+        if pixels == "foreground":
             mask &= warped_labels != 0
-        return self.equivariance(target, prediction, mask,
-                                 warped_labels if self.config.eqv_pixels == "balanced" else None)
+        return self.equivariance(target, prediction, mask, warped_labels if pixels == "balanced" else None)
 
     def training_step(self, labeled, unlabeled, progress, generator):
         cfg = self.config
