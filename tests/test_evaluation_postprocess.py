@@ -1,12 +1,14 @@
-"""Largest connected component per class, against a breadth-first flood fill written here."""
+"""Label maps from probabilities, and the largest connected component per class against a
+breadth-first flood fill written here."""
 
 from collections import deque
 from itertools import product
 
 import numpy as np
 import pytest
+import torch
 
-from mona.evaluation.postprocess import keep_largest_component
+from mona.evaluation.postprocess import keep_largest_component, labels_from_probabilities
 
 
 def slow_largest_component(labels, num_classes):
@@ -55,3 +57,13 @@ def test_far_island_removed_corner_neighbour_kept():
     result = keep_largest_component(labels, 3)
     assert result[2, 5, 5] == 1 and result[0, 9, 9] == 0
     assert (result == 2).sum() == 2 and (result == 1).sum() == 10
+
+
+def test_labels_are_the_argmax_with_the_first_class_on_ties():
+    """(C, D, H, W) as `predict_volume` returns it: a permuted, non-contiguous view."""
+    by_slice = torch.softmax(torch.randn(3, 4, 9, 7, generator=torch.Generator().manual_seed(0)), dim=1)
+    by_slice[0, :, 0, 0] = torch.tensor([0.1, 0.4, 0.4, 0.1])  # a tie between classes 1 and 2
+    probs = by_slice.permute(1, 0, 2, 3)
+    labels = labels_from_probabilities(probs, 4)
+    np.testing.assert_array_equal(labels, probs.numpy().argmax(0))
+    assert labels.dtype == np.uint8 and labels[0, 0, 0] == 1

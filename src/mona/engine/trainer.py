@@ -31,6 +31,7 @@ from mona.engine.checkpoint import load_weights, save_checkpoint
 from mona.engine.schedule import ema_momentum, ema_update, poly_lr
 from mona.errors import MonaError, RunInterrupted
 from mona.evaluation.inference import autocast, dice_per_class, predict_volume
+from mona.evaluation.postprocess import labels_from_probabilities
 from mona.methods.base import Method, Stage
 
 
@@ -107,7 +108,8 @@ def validate(method: Method, volumes: list[Volume3D], config: Config, device: to
     scores = []
     for volume in volumes:
         probs = predict_volume(method.model, volume.image, config.data.image_size, device, amp=amp)
-        scores.append(dice_per_class(probs.argmax(0).numpy(), volume.label, method.num_classes))
+        scores.append(dice_per_class(labels_from_probabilities(probs, method.num_classes), volume.label,
+                                     method.num_classes))
     per_class = np.mean(scores, axis=0)
     return {"dice": float(per_class.mean()), **{f"dice_class{c + 1}": float(v) for c, v in enumerate(per_class)}}
 
