@@ -1,7 +1,7 @@
 """Best val Dice of each `mona demo` method on the demo's phantom, with config overrides: how the demo's
 settings are chosen (val only; the test volumes are never scored here).
 
-  python benchmarks/demo_selection.py --seed 0 [--methods mona] [--patients 20] [OVERRIDE ...]
+  python benchmarks/demo_selection.py --seed 0 [--methods mona] [--patients 14] [--val-patients 6] [OVERRIDE ...]
   python benchmarks/demo_selection.py --seed 1 --methods mona mona.rampup=0.2
 
 Trains as `mona demo --seed S` does (same phantom, preset and learning rates, then OVERRIDEs, e.g.
@@ -22,13 +22,14 @@ from mona.engine.run import train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and of every run")
-    parser.add_argument("--patients", type=int, default=20)
+    parser.add_argument("--patients", type=int, default=14, help="training patients (as mona demo's)")
+    parser.add_argument("--val-patients", type=int, default=6, help="val patients (as mona demo's)")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--out", type=Path, default=Path("/tmp/demo_selection"))
     parser.add_argument("overrides", nargs="*", help="config overrides for every method")
     args = parser.parse_args()
-    data = args.out / f"data_{args.seed}_{args.patients}"
-    ensure_phantom(data, phantom_settings(args.patients, args.seed))
+    data = args.out / f"data_{args.seed}_{args.patients}_{args.val_patients}"
+    ensure_phantom(data, phantom_settings(args.seed, args.patients, args.val_patients))
     for method in args.methods.split(","):
         config = method_config(method, data, args.out / str(args.seed) / method, args.seed, progress=False,
                                extra=args.overrides)

@@ -1,8 +1,10 @@
 """The `mona` command: help of every verb, user errors in one line with exit code 2,
 `mona evaluate RUN_DIR` on a tiny run, and a tiny `mona demo`."""
 
+import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,7 +133,8 @@ def test_evaluate_largest_component_writes_its_own_folder(tiny_run, capsys):
 
 def test_demo(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--iterations", "4", "--patients", "4", "--seed", "3", "--no-progress"])
+    code = main(["demo", "--out", str(out), "--iterations", "4", "--patients", "2", "--val-patients", "1",
+                 "--test-patients", "1", "--seed", "3", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     # the demo preset asks for bf16 autocast, switched off with a note on CPUs without native bf16
@@ -145,6 +148,16 @@ def test_demo(tmp_path, capsys):
         cells = [float(cell) for cell in row.split()[1:]]
         assert len(cells) == 9 and cells[0] == pytest.approx(100 * summary["mean"]["dice"], abs=0.051)
         assert cells[4] == pytest.approx(summary["mean"]["hd95"], abs=0.051)
+    def volume_dice(method):  # per test volume, the mean over classes
+        rows = list(csv.DictReader(open(out / method / "eval_test_best" / "cases.csv")))
+        cases = {r["case"] for r in rows}
+        return {case: np.mean([float(r["dice"]) for r in rows if r["case"] == case]) for case in cases}
+    mona = volume_dice("mona")
+    for reference, line in zip(("supervised", "mean_teacher"), table[6:8]):  # the paired comparison under the table
+        theirs = volume_dice(reference)
+        gains = [mona[case] - theirs[case] for case in mona]
+        assert line.startswith(f"mona against {reference}: {100 * np.mean(gains):+.1f} Dice points per test volume, "
+                               f"ahead on {sum(g > 0 for g in gains)} of 2")
     assert torch.load(out / "supervised" / "last.pt", weights_only=True)["iteration"] == 4
     stages = [torch.load(out / "mona" / stage / "last.pt", weights_only=True)["iteration"]
               for stage in ("pretrain", "finetune")]
@@ -152,7 +165,8 @@ def test_demo(tmp_path, capsys):
     rates = {method: load_config([out / method / "config.yaml"]).optim.lr for method in LEARNING_RATES}
     assert rates == LEARNING_RATES  # each method at the learning rate chosen for it on val, recorded in its run folder
     meta = json.loads((out / "data" / "mona.json").read_text())
-    assert meta["phantom"] == {"patients": 4, "seed": 3, "slices": [8, 12], "size": [96, 96], "variation": 1.0}
+    assert meta["phantom"] == {"patients": 4, "seed": 3, "slices": [8, 12], "size": [96, 96], "variation": 1.0,
+                               "held_out": [1, 1]}
     page = (out / "report.html").read_text()
     assert page.count('<input type="range"') == 2  # one slider per test volume (1 test patient, 2 frames)
     assert all(f"<figcaption>{m}</figcaption>" in page for m in ("image", "truth", "supervised", "mona"))

@@ -135,3 +135,17 @@ def test_variation_spreads_patients_apart(tmp_path):
     assert spreads[1][0] > 1.5 * spreads[0][0] and spreads[1][1] > 1.5 * spreads[0][1]
     with pytest.raises(MonaError, match="variation"):
         write_phantom(tmp_path / "bad", variation=1.5, **kw)
+
+
+def test_held_out_sets_the_val_and_test_patients(tmp_path):
+    """`held_out=(val, test)` takes that many of the last patients for val and test (the demo's larger
+    evaluation sets) and leaves the training patients as they were; too many held out is refused."""
+    kw = dict(slices=(3, 3), size=(32, 32), seed=2)
+    plain = write_phantom(tmp_path / "plain", patients=5, **kw)  # 3 train, 1 val, 1 test
+    wide = write_phantom(tmp_path / "wide", patients=8, held_out=(2, 3), **kw)
+    assert lines(wide / "train_slices.list") == lines(plain / "train_slices.list")
+    assert [c[:10] for c in lines(wide / "val.list")] == ["phantom004"] * 2 + ["phantom005"] * 2
+    assert len(lines(wide / "test.list")) == 3 * 2
+    assert json.loads((wide / "mona.json").read_text())["phantom"]["held_out"] == [2, 3]
+    with pytest.raises(MonaError, match="leave 0 to train"):
+        write_phantom(tmp_path / "bad", patients=5, held_out=(2, 3), **kw)

@@ -36,10 +36,10 @@ CLASSES = ["background", "RV", "Myo", "LV"]
 FRAMES = ("frame01", "frame02")  # end-diastole, end-systole
 
 
-def split_counts(patients: int) -> tuple[int, int, int]:
-    """Train/val/test patient counts: 70/10/20 %, at least one val and one test patient."""
-    val = max(1, int(0.1 * patients + 0.5))
-    test = max(1, int(0.2 * patients + 0.5))
+def split_counts(patients: int, held_out: tuple[int, int] | None = None) -> tuple[int, int, int]:
+    """Train/val/test patient counts: `held_out` (val, test) when given, else 10 % and 20 % of the
+    patients (at least one of each), the rest train."""
+    val, test = held_out or (max(1, int(0.1 * patients + 0.5)), max(1, int(0.2 * patients + 0.5)))
     return patients - val - test, val, test
 
 
@@ -240,11 +240,13 @@ def _write_h5(path: Path, image: np.ndarray, label: np.ndarray) -> None:
 
 
 def write_phantom(out: Path, patients: int = 20, seed: int = 0, slices: tuple[int, int] = (8, 12),
-                  size: tuple[int, int] = (96, 96), *, variation: float = 0.0) -> Path:
+                  size: tuple[int, int] = (96, 96), *, variation: float = 0.0,
+                  held_out: tuple[int, int] | None = None) -> Path:
     """Write a phantom dataset of `patients` patients (two frames each) to the new folder `out`.
 
     Volumes have between `slices[0]` and `slices[1]` slices (inclusive) of `size` (H, W) pixels;
-    `variation` in [0, 1] widens the differences between patients (module docstring).
+    `variation` in [0, 1] widens the differences between patients (module docstring); `held_out`
+    (val, test) sets how many of the last patients are val and test ones (`split_counts`).
     The settings are recorded under `phantom` in `mona.json`.
     Training patients are written as shuffled 2D slices grouped by patient (so the first rows of
     `train_slices.list` are the first patients, the labeled budget), val/test patients as 3D volumes.
@@ -259,10 +261,13 @@ def write_phantom(out: Path, patients: int = 20, seed: int = 0, slices: tuple[in
         raise MonaError(f"image size must be at least 32x32, got {size}", out)
     if not 0 <= variation <= 1:
         raise MonaError(f"variation must be in [0, 1], got {variation}", out)
+    n_train, n_val, n_test = split_counts(patients, held_out)
+    if min(n_train, n_val, n_test) < 1:
+        raise MonaError(f"the phantom needs at least one train, val and test patient; {patients} patients with "
+                        f"{n_val} val and {n_test} test leave {n_train} to train", out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MonaError("already exists and is not empty; choose a new folder", out)
 
-    n_train, n_val, n_test = split_counts(patients)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -295,7 +300,7 @@ def write_phantom(out: Path, patients: int = 20, seed: int = 0, slices: tuple[in
         meta = {"name": "phantom", "classes": CLASSES, "num_classes": len(CLASSES), "modality": "MRI",
                 "normalisation": "minmax", "slicing_axis": 0, "cases": cases,
                 "phantom": {"patients": patients, "seed": seed, "slices": list(slices), "size": list(size),
-                            "variation": variation}}
+                            "variation": variation, "held_out": [n_val, n_test]}}
         (tmp / "mona.json").write_text(json.dumps(meta, indent=1))
         os.replace(tmp, out)
     except BaseException:
