@@ -29,8 +29,8 @@ def test_paper_preset():
 def test_demo_preset():
     config = load_config(["demo"])
     assert config.data.labeled == "1" and config.data.image_size == 64
-    assert config.train.iterations == 300 and config.train.val_every == 50
-    assert config.mona.pretrain_iterations == 100  # MONA splits the same 300 iterations over its two stages
+    assert config.train.iterations == 250 and config.train.val_every == 50
+    assert config.mona.pretrain_iterations == 83  # MONA splits the same 250 iterations over its two stages
 
 
 def test_presets_apply_in_order_then_overrides():
