@@ -253,8 +253,6 @@ def write_phantom(out: Path, patients: int = 20, seed: int = 0, slices: tuple[in
     The folder is built beside `out` and renamed into place, so `out` is complete or absent.
     """
     out = Path(out)
-    if patients < 3:
-        raise MonaError(f"the phantom needs at least 3 patients (train, val, test), got {patients}", out)
     if not 2 <= slices[0] <= slices[1]:
         raise MonaError(f"slice range must satisfy 2 <= min <= max, got {slices}", out)
     if min(size) < 32:
