@@ -46,6 +46,14 @@ def test_both_stages_run_and_are_scored(phantom, tmp_path):
     assert finetune[-1]["contrast"] > 0 and finetune[-1]["nn"] > 0
     summary = evaluate_run(run, "test")
     assert summary["cases"] > 0 and 0.0 <= summary["mean"]["dice"] <= 1.0
+    memories_of = {"pretrain": ("global_queue.", "local_queue."), "finetune": ("negative_bank.", "nn_bank.")}
+    for stage, memories in memories_of.items():
+        best = torch.load(run / stage / "best.pt", weights_only=True)
+        last = torch.load(run / stage / "last.pt", weights_only=True)
+        kept = {key for key in last["method"] if not key.startswith(memories)}
+        assert set(best["method"]) == kept and kept != set(last["method"])  # every network, no memory
+        assert not best["optimizer"] and last["optimizer"]  # best.pt is not a resume point
+        assert best["num_classes"] == last["num_classes"] and best["image_size"] == last["image_size"]
 
 
 def test_finetune_starts_from_the_stage1_student(phantom, tmp_path):

@@ -1,9 +1,10 @@
 """The one training loop: every method is trained, validated, checkpointed and resumed here.
 
 Iteration-based SGD with a poly schedule, optional EMA teacher, bf16/fp16 autocast and
-channels_last; validation on whole val volumes (3D mean Dice) every `val_every`
-iterations; `best.pt` (best on val) and `last.pt`, each a complete, atomically written
-state, `last.pt` also every `checkpoint_every` seconds and when the run is stopped (Ctrl-C
+channels_last; validation on whole val volumes (3D mean Dice) every `val_every` iterations.
+`best.pt` (best on val) holds the networks' weights and the run's metadata, not the optimiser
+state and memory banks; `last.pt` holds the complete state that --resume reads. Both are written
+atomically, `last.pt` also every `checkpoint_every` seconds and when the run is stopped (Ctrl-C
 or SIGTERM finish the current step, save, and exit 130). Every random draw of step t comes
 from generators seeded with (seed, t), so a run resumed from `last.pt` is identical to one
 that was never interrupted.
@@ -235,8 +236,9 @@ class Trainer:
         def save(done: int, improved: bool = False) -> None:
             nonlocal saved_at, last_save
             state = self._checkpoint_state(done, optimizer, scaler, best, last_val, timing)
-            if improved:
-                save_checkpoint(self.run_dir / "best.pt", state)
+            if improved:  # weights and metadata: what evaluation, prediction and init_from read
+                save_checkpoint(self.run_dir / "best.pt", {**state, "method": method.weights(), "optimizer": {},
+                                                           "scaler": {}})
             save_checkpoint(self.run_dir / "last.pt", state)
             saved_at, last_save = done, time.perf_counter()
 

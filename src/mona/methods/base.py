@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from mona.losses.queue import FeatureQueue
 from mona.models.unet import UNet
 
 
@@ -58,6 +59,13 @@ class Method(nn.Module):
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(teacher module, student module) pairs the engine updates by EMA after each step."""
         return [(self.teacher, self.model)] if self.teacher is not None else []
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """`state_dict()` without the memories (the FIFO queues and banks of embeddings): every
+        network of the method, what `best.pt` keeps. The memories serve only an exact resume, which
+        reads `last.pt`; in MONA's stage 2 they are ~90 % of the state (the negative banks)."""
+        memories = tuple(f"{name}." for name, module in self.named_modules() if isinstance(module, FeatureQueue))
+        return {key: value for key, value in self.state_dict().items() if not key.startswith(memories)}
 
     def training_step(
         self,
