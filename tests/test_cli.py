@@ -12,8 +12,10 @@ from mona.cli.demo import LEARNING_RATES
 from mona.cli.main import VERBS, main
 from mona.config import load_config
 from mona.data.phantom import write_phantom
-from mona.engine.run import train
+from mona.data.ssl4mis import dataset_info, load_volumes
+from mona.engine.run import evaluate_run, train
 from mona.engine.trainer import fast_bf16
+from mona.experiments.html import predicted_labels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,6 +117,17 @@ def test_evaluate_run(tiny_run, capsys):
     rows = (folder / "cases.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 * 3  # header + 2 test volumes x 3 foreground classes
     assert "phantom004_frame01" in (folder / "cases.csv").read_text()
+
+
+def test_evaluate_run_returns_the_label_maps_it_scored(tiny_run):
+    """`return_labels` hands back what was scored (the demo's page shows them), the same maps a fresh
+    prediction of the checkpoint gives, and the same summary."""
+    summary, labels = evaluate_run(tiny_run, "test", device="cpu", return_labels=True)
+    assert summary == evaluate_run(tiny_run, "test", device="cpu")
+    volumes = load_volumes(dataset_info(load_config([tiny_run / "config.yaml"]).data.root), "test")
+    assert [label.shape for label in labels] == [volume.label.shape for volume in volumes]
+    for ours, fresh in zip(labels, predicted_labels(tiny_run, volumes)):
+        np.testing.assert_array_equal(ours, fresh)
 
 
 def test_evaluate_last_on_val(tiny_run, capsys):

@@ -23,6 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mona.config import Config, load_config
@@ -33,7 +34,7 @@ from mona.engine.run import evaluate_run, train
 from mona.engine.run_folder import read_stages
 from mona.engine.trainer import precision, resolve_device
 from mona.errors import MonaError
-from mona.experiments.html import Table, learning_curves, predicted_labels, slice_browser, write_page
+from mona.experiments.html import Table, learning_curves, slice_browser, write_page
 from mona.experiments.report import paired_comparison
 
 METHODS = "supervised,mean_teacher,mona"
@@ -151,11 +152,12 @@ def comparison_table(results: dict[str, dict], seconds: dict[str, float], iterat
     return Table(f"Test volumes: {first['cases']}, mean over volumes (best checkpoint on val)", header, rows)
 
 
-def write_report(out: Path, data: Path, runs: dict[str, Path], table: Table, notes: list[str]) -> Path:
-    """report.html: the table, the learning curves and a slice browser per test volume."""
+def write_report(out: Path, data: Path, runs: dict[str, Path], predictions: dict[str, list[np.ndarray]],
+                 table: Table, notes: list[str]) -> Path:
+    """report.html: the table, the learning curves and a slice browser per test volume, showing
+    `predictions` (each method's scored label maps, in the test split's order)."""
     info = dataset_info(data)
     volumes = load_volumes(info, "test")
-    predictions = {method: predicted_labels(run_dir, volumes) for method, run_dir in runs.items()}
     browsers = [slice_browser(volume, {m: labels[i] for m, labels in predictions.items()}, info.class_names)
                 for i, volume in enumerate(volumes)]
     return write_page(out / "report.html", "mona demo: one labeled phantom patient", notes, [table],
@@ -166,13 +168,13 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     data = args.out / "data"
     ensure_phantom(data, phantom_settings(args.seed, args.patients, args.val_patients, args.test_patients))
-    results, seconds, runs = {}, {}, {}
+    results, seconds, runs, predictions = {}, {}, {}, {}
     for method in args.methods.split(","):
         config = method_config(method, data, args.out / method, args.seed, args.labeled, args.iterations,
                                not args.no_progress)
         tick = time.perf_counter()
         train(config, overwrite=True)
-        results[method] = evaluate_run(config.out, "test")
+        results[method], predictions[method] = evaluate_run(config.out, "test", return_labels=True)
         seconds[method] = time.perf_counter() - tick
         runs[method] = Path(config.out)
     device = resolve_device(config.train.device)
@@ -189,6 +191,6 @@ def run(args: argparse.Namespace) -> int:
     notes = [heading, *paired, f"CPU: {cpu_name()}, {torch.get_num_threads()} threads",
              "iterations: " + ", ".join(f"{m} {i}" for m, i in iterations.items()) + " (MONA: stage 1 + stage 2)",
              f"training and scoring: {sum(seconds.values()):.0f} s; data and runs in {args.out.absolute()}"]
-    report = write_report(args.out, data, runs, comparison_table(results, seconds, iterations), notes)
+    report = write_report(args.out, data, runs, predictions, comparison_table(results, seconds, iterations), notes)
     print(f"total {time.perf_counter() - start:.0f} s; report: {report}")
     return 0

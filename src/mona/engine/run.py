@@ -8,6 +8,7 @@ import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -196,10 +197,11 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch
 
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", device: str = "auto",
                  amp: bool | None = None, largest_component: bool = False, data: str | Path | None = None,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, return_labels: bool = False) -> dict | tuple[dict, list[np.ndarray]]:
     """Score a run's checkpoint on a split of its dataset (or of `data`, for a moved dataset);
     writes `eval_<split>_<checkpoint>/{cases.csv,summary.json}` (`..._largest/` when each class
-    keeps only its largest connected component)."""
+    keeps only its largest connected component) and returns the summary, with `return_labels`
+    also each volume's label map (in the split's order), so a caller need not predict again."""
     run_dir = run_root(run_dir)
     model, state = load_run_model(run_dir, checkpoint)
     config = config_from_dict(state["config"])
@@ -210,16 +212,16 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     target = resolve_device(device)
     model.to(target)
     volumes = load_volumes(info, split)
-    rows = []
+    rows, label_maps = [], []
     for volume in tqdm(volumes, desc=f"scoring {split}", unit="volume", disable=not progress, leave=False):
         probs = predict_volume(model, volume.image, state["image_size"], target,
                                amp=resolve_amp(config, target) if amp is None else amp)
-        labels = labels_from_probabilities(probs, state["num_classes"], largest_component)
-        rows += score_case(labels, volume.label, state["num_classes"], volume.spacing, volume.name)
+        label_maps.append(labels_from_probabilities(probs, state["num_classes"], largest_component))
+        rows += score_case(label_maps[-1], volume.label, state["num_classes"], volume.spacing, volume.name)
     summary = summarize(rows, state.get("class_names") or info.class_names)
     summary.update(split=split, checkpoint=checkpoint, iteration=state["iteration"], run=str(run_dir),
                    largest_component=largest_component)
     out = run_dir / f"eval_{split}_{checkpoint}{'_largest' if largest_component else ''}"
     write_csv(rows, out / "cases.csv")
     write_json(summary, out / "summary.json")
-    return summary
+    return (summary, label_maps) if return_labels else summary
