@@ -15,15 +15,15 @@ import argparse
 import time
 from pathlib import Path
 
-from mona.cli.demo import METHODS, ensure_phantom, method_config, phantom_settings
+from mona.cli.demo import METHODS, TRAIN_PATIENTS, VAL_PATIENTS, ensure_phantom, method_config, phantom_settings
 from mona.engine.run import train
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="seed of the phantom and of every run")
-    parser.add_argument("--patients", type=int, default=14, help="training patients (as mona demo's)")
-    parser.add_argument("--val-patients", type=int, default=6, help="val patients (as mona demo's)")
+    parser.add_argument("--patients", type=int, default=TRAIN_PATIENTS, help="training patients (as mona demo's)")
+    parser.add_argument("--val-patients", type=int, default=VAL_PATIENTS, help="val patients (as mona demo's)")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--out", type=Path, default=Path("/tmp/demo_selection"))
     parser.add_argument("overrides", nargs="*", help="config overrides for every method")

@@ -42,6 +42,7 @@ METHODS = "supervised,mean_teacher,mona"
 # the 300 iterations they were chosen at are too few for MONA at 0.01 (docs/results/demo-2026-11-30b).
 LEARNING_RATES = {"supervised": 0.01, "mean_teacher": 0.03, "mona": 0.03}
 PHANTOM_VARIATION = 1.0
+TRAIN_PATIENTS, VAL_PATIENTS, TEST_PATIENTS = 14, 6, 14  # the demo phantom's split (module docstring)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,15 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=None,
                         help="iterations per method, MONA's stages included (preset: see mona/presets/demo.yaml)")
     parser.add_argument("--labeled", default="1", help="labeled phantom patients (default 1)")
-    parser.add_argument("--patients", type=int, default=14,
-                        help="training patients: the --labeled ones and the unlabeled rest (default 14)")
-    parser.add_argument("--val-patients", type=int, default=6, help="val patients (default 6)")
-    parser.add_argument("--test-patients", type=int, default=14, help="test patients (default 14)")
+    parser.add_argument("--patients", type=int, default=TRAIN_PATIENTS,
+                        help=f"training patients: the --labeled ones and the unlabeled rest (default {TRAIN_PATIENTS})")
+    parser.add_argument("--val-patients", type=int, default=VAL_PATIENTS, help=f"val patients (default {VAL_PATIENTS})")
+    parser.add_argument("--test-patients", type=int, default=TEST_PATIENTS,
+                        help=f"test patients (default {TEST_PATIENTS})")
     parser.add_argument("--methods", default=METHODS, help=f"comma-separated methods (default {METHODS})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def phantom_settings(seed: int, train: int = 14, val: int = 6, test: int = 14) -> dict:
+def phantom_settings(seed: int, train: int = TRAIN_PATIENTS, val: int = VAL_PATIENTS,
+                     test: int = TEST_PATIENTS) -> dict:
     """`write_phantom`'s arguments for the demo's phantom (as `mona.json` records them)."""
     return {"patients": train + val + test, "seed": seed, "variation": PHANTOM_VARIATION, "held_out": [val, test]}
 
