@@ -75,11 +75,14 @@ def write_nifti(path, array_dhw, affine=AFFINE, dtype=np.int16):
 
 @pytest.fixture(scope="module")
 def nifti_prediction(trained, tmp_path_factory):
-    """One CLI call on a scanner-like NIfTI (int16, raw intensities) with truth, overlay, probabilities."""
+    """One CLI call on a scanner-like NIfTI (int16, raw intensities) with truth, overlay, probabilities.
+
+    The scan carries nnU-Net's `_0000` channel suffix; its truth and outputs are named by the case.
+    """
     root, run = trained
     tmp = tmp_path_factory.mktemp("nifti")
     name, image, label = phantom_case(root)
-    source = write_nifti(tmp / "in" / f"{name}.nii.gz", image * 900 + 100)
+    source = write_nifti(tmp / "in" / f"{name}_0000.nii.gz", image * 900 + 100)
     write_nifti(tmp / "truth" / f"{name}.nii.gz", label, dtype=np.uint8)
     out = tmp / "out"
     code = main(["predict", "-m", str(run), "-i", str(tmp / "in"), "-o", str(out), "--truth", str(tmp / "truth"),

@@ -9,12 +9,13 @@ INPUT is a NIfTI file (.nii.gz, .nii), an SSL4MIS h5 volume (key `image`), or a 
 The run's best checkpoint on val is used (RUN_DIR/best.pt, or RUN_DIR/finetune/best.pt for MONA)
 unless --checkpoint says otherwise. NIfTI scans get the training preprocessing (orientation,
 slicing axis and normalisation from the run's dataset mona.json, see mona.evaluation.predict);
-h5 volumes are taken as prepared. Each mask is written to OUT under the input's name, as uint8
-in the input's shape, voxel order, affine and header (h5: key `label`).
+h5 volumes are taken as prepared. Each mask is written to OUT under the input's case name (as
+nnU-Net: `case_0000.nii.gz` gives `case.nii.gz`), as uint8 in the input's shape, voxel order,
+affine and header (h5: key `label`).
 
 --probabilities adds per-class float32 maps (h5 key `probabilities`, or OUT/probabilities/ as
 4D NIfTI, before --largest-component); --overlay writes OUT/overlays/<name>.png;
---truth DIR scores each case against the label volume of the same name there into
+--truth DIR scores each case against the label volume of the same case name there into
 OUT/cases.csv and OUT/summary.json.
 A bad case is reported and skipped: the exit code is 1 if any case failed, 2 for a bad run.
 """

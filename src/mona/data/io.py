@@ -61,6 +61,13 @@ def split_name(path: str | Path) -> tuple[str, str]:
     raise MonaError(f"unsupported file type, expected one of {', '.join(EXTENSIONS)}", path)
 
 
+def case_name(path: str | Path) -> str:
+    """The case a volume file holds: its name without the extension and nnU-Net's `_0000` channel
+    suffix, so `case_0000.nii.gz` (a scan) and `case.nii.gz` (its mask or prediction) match."""
+    name, _ = split_name(path)
+    return name.removesuffix("_0000") or name
+
+
 def read_volume(path: str | Path, labels_only: bool = False) -> Volume:
     """Read an `.h5` (keys `image`, `label`, attr `spacing`) or NIfTI file into a `Volume`.
 

@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from mona.data.io import Volume, atomic_path, check_labels, read_volume, split_name, write_label_volume
+from mona.data.io import Volume, atomic_path, case_name, check_labels, read_volume, split_name, write_label_volume
 from mona.data.prepare.common import h5_axes, minmax, percentile_window, window
 from mona.engine.run import load_run_model, run_checkpoint
 from mona.engine.trainer import fast_bf16, resolve_device
@@ -306,10 +306,13 @@ class CaseResult:
 
 
 def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
-    """OUT/<name><ext>: the input's extension (`same`), `.h5`, or NIfTI (`.nii.gz` unless it was `.nii`)."""
+    """OUT/<case><ext>: the input's extension (`same`), `.h5`, or NIfTI (`.nii.gz` unless it was `.nii`).
+
+    <case> is `case_name`: `case_0000.nii.gz` is written as `case.nii.gz`, as nnU-Net names predictions.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
-    name, ext = split_name(path)
+    name, ext = case_name(path), split_name(path)[1]
     if fmt == "h5" or (fmt == "same" and ext == ".h5"):
         return out_dir / f"{name}.h5"
     return out_dir / f"{name}{ext if ext != '.h5' else '.nii.gz'}"
@@ -325,7 +328,7 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *,
     """
     start = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
-    name, ext = split_name(path)
+    name = case_name(path)
     output = output_path(path, out_dir, fmt)
     if output.resolve() == path.resolve():
         raise MonaError("the output would overwrite this input: choose another output folder", path)
@@ -404,7 +407,7 @@ def predict_cases(predictor: Predictor, inputs: list[Path], out_dir: str | Path,
         try:
             truth = None
             if truths is not None:
-                name, _ = split_name(path)
+                name = case_name(path)
                 if name not in truths:
                     raise MonaError(f"no truth volume named {name!r} in {truth_dir}", path)
                 truth = truths[name]

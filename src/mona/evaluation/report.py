@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mona.data.io import EXTENSIONS, atomic_path, check_labels, read_volume, split_name
+from mona.data.io import EXTENSIONS, atomic_path, case_name, check_labels, read_volume
 from mona.errors import MonaError
 from mona.evaluation.metrics import score_case
 
@@ -94,13 +94,14 @@ def format_table(summary: dict) -> str:
 
 
 def volumes_by_name(folder: Path) -> dict[str, Path]:
+    """FOLDER's volume files by `case_name`; two files of one case are an error."""
     if not folder.is_dir():
         raise MonaError("folder not found", folder)
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file() or not path.name.endswith(EXTENSIONS):
             continue  # hidden names include half-written temporary files
-        name, _ = split_name(path)
+        name = case_name(path)
         if name in found:
             raise MonaError(f"two volumes named {name!r}: {found[name].name} and {path.name}", folder)
         found[name] = path
