@@ -5,6 +5,9 @@ import csv
 import json
 import re
 import shutil
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -165,6 +168,27 @@ def test_reproduce_cli_skips_finished_runs(grid_run, monkeypatch):
             "--seeds", "0,1", "--protocol", "demo", "--out", str(out), *OVERRIDES]
     assert main(args) == 0
     assert (out / "report.md").is_file()
+
+
+def test_a_run_another_process_trains_is_skipped_then_finished_later(tmp_path, capsys):
+    """Two `mona reproduce` lanes on one grid: a run whose .lock a live process holds is left to it."""
+    data = write_phantom(tmp_path / "data", patients=5, size=(32, 32), slices=(4, 5))
+    specs = plan(["supervised"], [1], [0])  # supervised_l1_s0 and the upper bound supervised_lall_s0
+    busy = tmp_path / "out" / "runs" / specs[0].name
+    busy.mkdir(parents=True)
+    other_lane = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (busy / ".lock").write_text(f"{other_lane.pid} {socket.gethostname()}\n")
+        run_grid(data, specs, "demo", tmp_path / "out", OVERRIDES)
+        assert f"{specs[0].name}: skipped, another process trains it" in capsys.readouterr().out
+        assert not grid.is_finished(busy) and not (busy / "config.yaml").exists()
+        assert (busy / ".lock").read_text().split()[0] == str(other_lane.pid)
+        assert grid.is_finished(tmp_path / "out" / "runs" / specs[1].name)
+    finally:
+        other_lane.kill()
+        other_lane.wait()
+    run_grid(data, specs, "demo", tmp_path / "out", OVERRIDES)  # that lane died: its lock is stale
+    assert grid.is_finished(busy) and not (busy / ".lock").exists()
 
 
 def test_report_without_runs_is_a_user_error(tmp_path):

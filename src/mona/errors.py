@@ -16,6 +16,10 @@ class MonaError(Exception):
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
+class RunInUse(MonaError):
+    """Another live process holds the run folder's lock (`mona reproduce` lanes skip such a run)."""
+
+
 class RunInterrupted(MonaError):
     """Training stopped by Ctrl-C or SIGTERM; exits 130 as shells expect of an interrupted command."""
 

@@ -8,9 +8,11 @@ Runs go to OUT/runs/<method>_l<labeled>_s<seed>; the fully supervised upper boun
 (supervised_lall_s<seed>) is always added, and --ablate N adds MONA at N labeled patients
 with each component off in turn (mona.pretrain, tailness, consistency, diversity, strong_aug).
 Running the same command again skips finished runs and resumes an interrupted one from its
-last checkpoint. The report is OUT/report.md (tables, paper numbers for ACDC, a paired
-per-volume comparison of the methods with a Wilcoxon test, figures) and
-OUT/results.csv; `mona report OUT` rebuilds them.
+last checkpoint. Processes started on the same OUT share it out: each skips the runs another is
+training (their .lock), so on a 2-core CPU two runs go side by side, one thread each, with
+`OMP_NUM_THREADS=1 mona reproduce ... &` started twice. The report is OUT/report.md (tables,
+paper numbers for ACDC, a paired per-volume comparison of the methods with a Wilcoxon test,
+figures) and OUT/results.csv; `mona report OUT` rebuilds them (each process writes it when it ends).
 
 Protocols (presets):
   cpu-small  for 2 CPU cores: 128x128 slices, 4 labeled + 4 unlabeled per batch, bf16

@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mona.data.io import atomic_path
-from mona.errors import MonaError
+from mona.errors import MonaError, RunInUse
 
 LEGACY_STAGES = ("pretrain", "finetune")
 # Files that mark a folder as a mona run (anything else in a non-empty --out is the user's).
@@ -121,8 +121,8 @@ class RunLock:
         except (OSError, ValueError):
             pid, host = -1, ""
         if host == socket.gethostname() and pid > 0 and _process_alive(pid):
-            raise MonaError(f"this run folder is in use by process {pid} (its .lock); wait for it or stop it",
-                            self.path.parent)
+            raise RunInUse(f"this run folder is in use by process {pid} (its .lock); wait for it or stop it",
+                           self.path.parent)
         if host and host != socket.gethostname():
             raise MonaError(f"this run folder is locked by a process on host {host}; if that run is dead, "
                             f"delete {self.path}", self.path.parent)

@@ -20,7 +20,7 @@ from mona.data.io import atomic_path
 from mona.engine.environment import one_line
 from mona.engine.run import evaluate_run, resume_config, train
 from mona.engine.run_folder import stage_folders
-from mona.errors import MonaError
+from mona.errors import MonaError, RunInUse
 
 ABLATIONS = ("pretrain", "tailness", "consistency", "diversity", "strong_aug")
 
@@ -98,6 +98,8 @@ def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str
     Config = `protocol` preset, then the spec (method, data, budget, seed), then `extra_overrides`,
     then the spec's ablation switch and the run folder (these two cannot be overridden).
     OUT/grid.json records the protocol and the runs for the report (see `record_grid`).
+    A run that another live process is training (its `.lock`) is skipped, so several processes
+    on one grid, e.g. one thread each on a multi-core CPU, share out its runs as lanes.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,13 +110,17 @@ def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str
         folders.append(run_dir)
         if is_finished(run_dir):
             continue
-        if (run_dir / "config.yaml").is_file() and has_checkpoint(run_dir):
-            train(resume_config(run_dir), resume=True)
-        else:  # a run that never wrote a checkpoint starts afresh
-            config = load_config([protocol], [
-                f"method={spec.method}", f"data.root={data}", f"data.labeled={spec.labeled}",
-                f"train.seed={spec.seed}", *extra_overrides, *spec.overrides, f"out={run_dir}"])
-            train(config, overwrite=True)
+        try:
+            if (run_dir / "config.yaml").is_file() and has_checkpoint(run_dir):
+                train(resume_config(run_dir), resume=True)
+            else:  # a run that never wrote a checkpoint starts afresh
+                config = load_config([protocol], [
+                    f"method={spec.method}", f"data.root={data}", f"data.labeled={spec.labeled}",
+                    f"train.seed={spec.seed}", *extra_overrides, *spec.overrides, f"out={run_dir}"])
+                train(config, overwrite=True)
+        except RunInUse as busy:
+            print(f"{spec.name}: skipped, another process trains it ({busy})")
+            continue
         environment = json.loads((run_dir / "environment.json").read_text())[-1]
         (run_dir / "hardware.txt").write_text(one_line(environment) + "\n")
         evaluate_run(run_dir, "test", "last")
