@@ -180,7 +180,7 @@ def test_a_run_another_process_trains_is_skipped_then_finished_later(tmp_path, c
     try:
         (busy / ".lock").write_text(f"{other_lane.pid} {socket.gethostname()}\n")
         run_grid(data, specs, "demo", tmp_path / "out", OVERRIDES)
-        assert f"{specs[0].name}: skipped, another process trains it" in capsys.readouterr().out
+        assert f"{specs[0].name}: skipped, another process is on it" in capsys.readouterr().out
         assert not grid.is_finished(busy) and not (busy / "config.yaml").exists()
         assert (busy / ".lock").read_text().split()[0] == str(other_lane.pid)
         assert grid.is_finished(tmp_path / "out" / "runs" / specs[1].name)

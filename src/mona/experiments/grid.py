@@ -19,7 +19,7 @@ from mona.config import load_config
 from mona.data.io import atomic_path
 from mona.engine.environment import one_line
 from mona.engine.run import evaluate_run, resume_config, train
-from mona.engine.run_folder import stage_folders
+from mona.engine.run_folder import RunLock, stage_folders
 from mona.errors import MonaError, RunInUse
 
 ABLATIONS = ("pretrain", "tailness", "consistency", "diversity", "strong_aug")
@@ -118,11 +118,11 @@ def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str
                     f"method={spec.method}", f"data.root={data}", f"data.labeled={spec.labeled}",
                     f"train.seed={spec.seed}", *extra_overrides, *spec.overrides, f"out={run_dir}"])
                 train(config, overwrite=True)
+            with RunLock(run_dir):  # no other lane resumes or scores it meanwhile
+                environment = json.loads((run_dir / "environment.json").read_text())[-1]
+                (run_dir / "hardware.txt").write_text(one_line(environment) + "\n")
+                evaluate_run(run_dir, "test", "last")
+                evaluate_run(run_dir, "test", "best")  # last: its summary.json marks the run finished
         except RunInUse as busy:
-            print(f"{spec.name}: skipped, another process trains it ({busy})")
-            continue
-        environment = json.loads((run_dir / "environment.json").read_text())[-1]
-        (run_dir / "hardware.txt").write_text(one_line(environment) + "\n")
-        evaluate_run(run_dir, "test", "last")
-        evaluate_run(run_dir, "test", "best")  # last: its summary.json marks the run finished
+            print(f"{spec.name}: skipped, another process is on it ({busy})")
     return folders
