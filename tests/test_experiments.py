@@ -137,7 +137,10 @@ def test_paired_table_is_the_volumes_of_both_methods(grid_run):
     line = next(row for row in rows if row.startswith("| 1 | mean_teacher | supervised |"))
     cells = [c.strip() for c in line.split("|")[1:-1]]
     ahead = sum(g > 0 for g in gains)
-    assert cells[3:7] == ["0,1", str(len(cases)), f"{100 * np.mean(gains):+.1f}", f"{ahead}/{len(cases)}"]
+    seed_gains = [np.mean([per_volume[f"mean_teacher_l1_s{s}"][c] - per_volume[f"supervised_l1_s{s}"][c]
+                           for c in cases]) for s in (0, 1)]
+    seed_gains = " / ".join(f"{100 * g:+.1f}" for g in seed_gains)
+    assert cells[3:8] == ["0,1", str(len(cases)), f"{100 * np.mean(gains):+.1f}", seed_gains, f"{ahead}/{len(cases)}"]
 
 
 def test_paired_comparison_averages_seeds_per_volume(tmp_path):
@@ -158,6 +161,8 @@ def test_paired_comparison_averages_seeds_per_volume(tmp_path):
     assert result["gain"] == pytest.approx(gains.mean())
     assert result["ahead"] == int((gains > 0).sum())
     assert result["p_value"] == pytest.approx(wilcoxon(gains).pvalue)
+    seed_gains = [(dice[("mona", s)] - dice[("supervised", s)]).mean() for s in (0, 1)]
+    assert result["seed_gains"] == pytest.approx(seed_gains)
     assert report_module.paired_comparison(runs, "mona", "supervised", "7") is None
 
 
