@@ -18,7 +18,7 @@ import mona.engine.trainer as trainer_module
 from mona.cli.main import main
 from mona.data.phantom import write_phantom
 from mona.engine.checkpoint import load_checkpoint
-from mona.errors import MonaError
+from mona.errors import MonaError, RunInterrupted
 from mona.experiments import grid
 from mona.experiments import report as report_module
 from mona.experiments.grid import plan, record_grid, run_grid
@@ -52,17 +52,17 @@ def grid_run(tmp_path_factory):
         real_save(path, state)
         if interrupt[0] and path.parent.name == SPECS[1].name and path.name == "last.pt" and state["iteration"] == 2:
             interrupt[0] = False
-            raise RuntimeError("interrupted")
+            raise KeyboardInterrupt  # Ctrl-C
 
-    def counting_train(config, resume=False, overwrite=False):
+    def counting_train(config, resume=False, overwrite=False, continue_with=""):
         passes[-1].append((config.out.split("/")[-1], resume))
-        return real_train(config, resume, overwrite)
+        return real_train(config, resume, overwrite, continue_with)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(grid, "train", counting_train)
         patch.setattr(trainer_module, "save_checkpoint", interrupting_save)
-        with pytest.raises(RuntimeError, match="interrupted"):
-            run_grid(data, SPECS, "demo", out, OVERRIDES)
+        with pytest.raises(RunInterrupted, match=r"Continue with: the same `mona reproduce` command"):
+            run_grid(data, SPECS, "demo", out, OVERRIDES)  # the hint that also scores the run
         for _ in range(2):
             passes.append([])
             run_grid(data, SPECS, "demo", out, OVERRIDES)

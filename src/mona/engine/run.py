@@ -118,12 +118,14 @@ def _record_environment(run_dir: Path, record: dict) -> None:
         tmp.write_text(json.dumps(records + [record], indent=2) + "\n")
 
 
-def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict:
+def train(config: Config, resume: bool = False, overwrite: bool = False, continue_with: str = "") -> dict:
     """Train every stage of `config.method` into the run folder `config.out`; returns the last
     stage's metrics (`best` and `last` val records).
 
     A new run needs an empty folder (`overwrite` deletes an earlier run there); `resume`
     continues the run's unfinished stages from their `last.pt`. Finished stages are skipped.
+    `continue_with` is the command an interrupted run's message suggests (default: `mona train
+    --resume RUN`).
     """
     absolute_paths(config)
     run_dir = Path(config.out)
@@ -169,7 +171,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False) -> dict
                 result = Trainer(config, method, data, val, stage_dir, stage, info, say).fit(state)
             except RunInterrupted as stop:
                 resumable = any((folder / "last.pt").is_file() for folder in stage_folders(run_dir))
-                hint = (f"Continue with: mona train --resume {run_dir}" if resumable
+                hint = (f"Continue with: {continue_with or f'mona train --resume {run_dir}'}" if resumable
                         else "Nothing was saved yet: start it again with --overwrite.")
                 say.record(f"{stop} {hint}")
                 raise RunInterrupted(f"{stop} {hint}") from None

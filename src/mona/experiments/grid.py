@@ -105,6 +105,7 @@ def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str
     out.mkdir(parents=True, exist_ok=True)
     record_grid(out / "grid.json", data, protocol, extra_overrides, specs)
     folders = []
+    again = "the same `mona reproduce` command (it skips the finished runs)"
     for spec in specs:
         run_dir = out / "runs" / spec.name
         folders.append(run_dir)
@@ -112,12 +113,12 @@ def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str
             continue
         try:
             if (run_dir / "config.yaml").is_file() and has_checkpoint(run_dir):
-                train(resume_config(run_dir), resume=True)
+                train(resume_config(run_dir), resume=True, continue_with=again)
             else:  # a run that never wrote a checkpoint starts afresh
                 config = load_config([protocol], [
                     f"method={spec.method}", f"data.root={data}", f"data.labeled={spec.labeled}",
                     f"train.seed={spec.seed}", *extra_overrides, *spec.overrides, f"out={run_dir}"])
-                train(config, overwrite=True)
+                train(config, overwrite=True, continue_with=again)
             with RunLock(run_dir):  # no other lane resumes or scores it meanwhile
                 environment = json.loads((run_dir / "environment.json").read_text())[-1]
                 (run_dir / "hardware.txt").write_text(one_line(environment) + "\n")
