@@ -136,12 +136,46 @@ def test_evaluate_last_on_val(tiny_run, capsys):
     assert summary["iteration"] == 4 and summary["split"] == "val"
 
 
-def test_evaluate_largest_component_writes_its_own_folder(tiny_run, capsys):
-    assert main(["evaluate", str(tiny_run), "--split", "val", "--largest-component", "--device", "cpu"]) == 0
-    assert "largest component per class" in capsys.readouterr().out
-    summary = json.loads((tiny_run / "eval_val_best_largest" / "summary.json").read_text())
-    assert summary["largest_component"] is True and summary["split"] == "val"
-    assert not (tiny_run / "eval_val_best").exists()  # the plain scores are not overwritten
+def test_training_chooses_the_postprocessing_on_val(tiny_run):
+    """Training ends by scoring best.pt on val, raw, and choosing per class from those label maps."""
+    raw = json.loads((tiny_run / "eval_val_best" / "summary.json").read_text())
+    choice = json.loads((tiny_run / "postprocessing.json").read_text())
+    assert raw["postprocess"] == "none" and raw["largest_component"] == []
+    assert choice["checkpoint_iteration"] == raw["iteration"] and set(choice["val_dice"]) == {"1", "2", "3"}
+    dice = {int(c): raw_and_kept for c, raw_and_kept in choice["val_dice"].items()}
+    assert choice["largest_component"] == [c for c in (1, 2, 3) if dice[c][1] > dice[c][0]]
+    assert "postprocessing chosen on val" in (tiny_run / "train.log").read_text()
+
+
+@pytest.mark.parametrize("postprocess, folder",
+                         [("all", "eval_val_best_largest"), ("val", "eval_val_best_postprocessed")])
+def test_evaluate_postprocessed_writes_its_own_folder(tiny_run, capsys, postprocess, folder):
+    raw = (tiny_run / "eval_val_best" / "summary.json").read_text()
+    (tiny_run / "postprocessing.json").rename(tiny_run / "chosen.json")
+    (tiny_run / "postprocessing.json").write_text(json.dumps({"largest_component": [2]}))
+    try:
+        assert main(["evaluate", str(tiny_run), "--split", "val", "--postprocess", postprocess, "--device", "cpu"]) == 0
+    finally:
+        (tiny_run / "chosen.json").replace(tiny_run / "postprocessing.json")
+    expected = [1, 2, 3] if postprocess == "all" else [2]
+    names = ", ".join(["RV", "Myo", "LV"][c - 1] for c in expected)
+    assert f"largest component only: {names}" in capsys.readouterr().out
+    summary = json.loads((tiny_run / folder / "summary.json").read_text())
+    assert summary["largest_component"] == expected and summary["split"] == "val"
+    assert (tiny_run / "eval_val_best" / "summary.json").read_text() == raw  # the plain scores are not overwritten
+
+
+@pytest.mark.parametrize("content, problem", [("{not json", "unreadable"),
+                                              ('{"largest_component": [4]}', "outside 1..3")])
+def test_a_bad_postprocessing_choice_is_named(tiny_run, capsys, content, problem):
+    chosen = (tiny_run / "postprocessing.json").read_text()
+    (tiny_run / "postprocessing.json").write_text(content)
+    try:
+        assert main(["evaluate", str(tiny_run), "--split", "val", "--postprocess", "val", "--device", "cpu"]) == 2
+    finally:
+        (tiny_run / "postprocessing.json").write_text(chosen)
+    err = capsys.readouterr().err
+    assert f"{tiny_run / 'postprocessing.json'}: " in err and problem in err and "Traceback" not in err
 
 
 def test_demo(tmp_path, capsys):

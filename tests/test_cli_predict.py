@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 import warnings
 
 import h5py
@@ -155,20 +156,26 @@ def test_h5_input_writes_h5_or_nifti(trained, tmp_path):
     assert nib.load(tmp_path / "nii" / f"{name}.nii.gz").shape == image.shape[::-1]
 
 
-def test_largest_component_masks(trained, tmp_path):
-    """With --largest-component each class is one connected piece: the plain mask post-processed."""
-    root, run = trained
+def test_postprocessed_masks(trained, tmp_path):
+    """--postprocess all: each class is one connected piece, the raw mask post-processed; the
+    default applies the run's choice on val (postprocessing.json), here class 1 only."""
+    root, trained_run = trained
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "postprocessing.json").write_text(json.dumps({"largest_component": [1]}))
     source = root / "data" / f"{(root / 'test.list').read_text().split()[0]}.h5"
     masks = {}
-    for flag in ([], ["--largest-component"]):
-        out = tmp_path / ("largest" if flag else "plain")
+    for postprocess in ("none", "all", None):
+        out = tmp_path / str(postprocess)
+        flag = [] if postprocess is None else ["--postprocess", postprocess]
         assert main(["predict", "-m", str(run), "-i", str(source), "-o", str(out), "--no-progress", *flag]) == 0
         with h5py.File(out / source.name) as f:
-            masks[bool(flag)] = f["label"][()]
-    np.testing.assert_array_equal(masks[True], keep_largest_component(masks[False], 4))
-    assert (masks[True] != masks[False]).any()  # the plain mask had islands to remove
+            masks[postprocess] = f["label"][()]
+    np.testing.assert_array_equal(masks["all"], keep_largest_component(masks["none"], range(1, 4)))
+    np.testing.assert_array_equal(masks[None], keep_largest_component(masks["none"], [1]))
+    assert (masks["all"] != masks["none"]).any()  # the raw mask had islands to remove
     for cls in range(1, 4):
-        assert ndimage.label(masks[True] == cls, structure=np.ones((3, 3, 3)))[1] <= 1
+        assert ndimage.label(masks["all"] == cls, structure=np.ones((3, 3, 3)))[1] <= 1
 
 
 def test_bad_cases_are_reported_and_the_good_ones_written(trained, tmp_path, capsys):

@@ -14,9 +14,12 @@ nnU-Net: `case_0000.nii.gz` gives `case.nii.gz`), as uint8 in the input's shape,
 affine and header (h5: key `label`).
 
 --probabilities adds per-class float32 maps (h5 key `probabilities`, or OUT/probabilities/ as
-4D NIfTI, before --largest-component); --overlay writes OUT/overlays/<name>.png;
+4D NIfTI, before post-processing); --overlay writes OUT/overlays/<name>.png;
 --truth DIR scores each case against the label volume of the same case name there into
 OUT/cases.csv and OUT/summary.json.
+Post-processing (--postprocess): by default (val) each class where it raised val Dice keeps only
+its largest 3D connected component, as the run chose when training ended (RUN/postprocessing.json;
+a run without one is not post-processed); none gives the raw argmax, all does it for every class.
 A bad case is reported and skipped: the exit code is 1 if any case failed, 2 for a bad run.
 """
 
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mona.engine.run import POSTPROCESS
 from mona.errors import MonaError
 from mona.evaluation.predict import FORMATS, find_inputs, inference_amp, load_predictor, predict_cases
 from mona.evaluation.report import format_table, summarize, write_csv, write_json
@@ -51,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast (ignored, with a warning, where bf16 is emulated: AVX2-only CPUs)")
     parser.add_argument("--tta", action="store_true", help="average the predictions of flipped slices")
-    parser.add_argument("--largest-component", action="store_true",
-                        help="keep each class's largest 3D connected component in the masks")
+    parser.add_argument("--postprocess", choices=POSTPROCESS, default="val",
+                        help="keep only the largest connected component of the classes chosen on val (default), "
+                        "of no class, or of all")
     parser.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="slices per forward pass")
     parser.add_argument("--format", choices=FORMATS, default="same",
                         help="output file type: the input's (default), nii (.nii.gz) or h5")
@@ -64,15 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, args.checkpoint, args.device, batch_size=args.batch_size, tta=args.tta,
-                               largest_component=args.largest_component)
+                               postprocess=args.postprocess)
     predictor.amp = inference_amp(args.amp, predictor.device)
     inputs = find_inputs(args.input)
     if args.truth is not None and not args.truth.is_dir():
         raise MonaError("truth folder not found", args.truth)
     if args.out.exists() and not args.out.is_dir():
         raise MonaError("the output folder is a file; choose another -o", args.out)
+    kept = ", ".join(predictor.class_names[c] for c in predictor.largest_component) or "none"
     print(f"{predictor.checkpoint} (iteration {predictor.iteration}, {predictor.num_classes} classes) on "
-          f"{predictor.device}: {len(inputs)} case(s) -> {args.out}")
+          f"{predictor.device}, largest component only: {kept}: {len(inputs)} case(s) -> {args.out}")
     rows, failed, start = [], [], time.perf_counter()
     cases = predict_cases(predictor, inputs, args.out, truth_dir=args.truth, fmt=args.format,
                           probabilities=args.probabilities, overlay=args.overlay)
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if rows:
         summary = summarize(rows, predictor.class_names)
         summary.update(run=str(args.model), checkpoint=str(predictor.checkpoint), iteration=predictor.iteration,
-                       largest_component=predictor.largest_component,
+                       postprocess=args.postprocess, largest_component=list(predictor.largest_component),
                        failed=[str(path) for path in failed])
         write_csv(rows, args.out / "cases.csv")
         write_json(summary, args.out / "summary.json")

@@ -23,7 +23,7 @@ from mona.engine.trainer import Trainer, precision, resolve_amp, resolve_device
 from mona.errors import MonaError, RunInterrupted
 from mona.evaluation.inference import predict_volume
 from mona.evaluation.metrics import score_case
-from mona.evaluation.postprocess import labels_from_probabilities
+from mona.evaluation.postprocess import choose_largest_component, labels_from_probabilities
 from mona.evaluation.report import summarize, write_csv, write_json
 from mona.methods import method_stages
 from mona.methods.base import Method, Stage
@@ -177,7 +177,20 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, continu
                 raise RunInterrupted(f"{stop} {hint}") from None
         best = result["best"]
         say(f"done: {run_dir} (best val Dice {best['dice']:.4f} at iteration {best['iteration']})")
+        if main:
+            _choose_postprocessing(run_dir, device, say, info.class_names)
     return result
+
+
+def _choose_postprocessing(run_dir: Path, device: torch.device, say: RunLog, class_names: list[str]) -> None:
+    """Score the best checkpoint on val (RUN/eval_val_best/), which writes RUN/postprocessing.json:
+    the classes whose largest connected component `mona predict` keeps by default."""
+    evaluate_run(run_dir, "val", "best", str(device))
+    choice = json.loads((run_dir / "postprocessing.json").read_text())
+    dice = ", ".join(f"{class_names[int(c)]} {100 * raw:.1f} -> {100 * kept:.1f}"
+                     for c, (raw, kept) in choice["val_dice"].items())
+    kept = ", ".join(class_names[c] for c in choice["largest_component"]) or "none"
+    say(f"postprocessing chosen on val: largest component only for {kept} (val Dice raw -> largest: {dice})")
 
 
 def run_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
@@ -197,15 +210,43 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch
     return model.to(memory_format=torch.channels_last), state  # ~1.5x faster convolutions on CPUs
 
 
+POSTPROCESS = ("none", "val", "all")  # whose largest connected component is kept: see `postprocessed_classes`
+POSTPROCESS_FOLDER = {"none": "", "val": "_postprocessed", "all": "_largest"}
+
+
+def postprocessed_classes(run_dir: str | Path, postprocess: str, num_classes: int) -> tuple[int, ...]:
+    """The classes that keep only their largest connected component: none, those chosen on val
+    (RUN/postprocessing.json, written when training ends; none for a run without one), or all."""
+    if postprocess not in POSTPROCESS:
+        raise MonaError(f"postprocess must be one of {', '.join(POSTPROCESS)}, got {postprocess!r}")
+    if postprocess == "all":
+        return tuple(range(1, num_classes))
+    path = run_root(run_dir) / "postprocessing.json"
+    if postprocess == "none" or not path.is_file():
+        return ()
+    try:
+        classes = tuple(int(c) for c in json.loads(path.read_text())["largest_component"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise MonaError(f"unreadable ({error}); delete it, then `mona evaluate RUN --split val` writes it again",
+                        path) from None
+    if not all(0 < c < num_classes for c in classes):
+        raise MonaError(f"classes {list(classes)} outside 1..{num_classes - 1}", path)
+    return classes
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", device: str = "auto",
-                 amp: bool | None = None, largest_component: bool = False, data: str | Path | None = None,
+                 amp: bool | None = None, postprocess: str = "none", data: str | Path | None = None,
                  progress: bool = False, return_labels: bool = False) -> dict | tuple[dict, list[np.ndarray]]:
     """Score a run's checkpoint on a split of its dataset (or of `data`, for a moved dataset);
-    writes `eval_<split>_<checkpoint>/{cases.csv,summary.json}` (`..._largest/` when each class
-    keeps only its largest connected component) and returns the summary, with `return_labels`
-    also each volume's label map (in the split's order), so a caller need not predict again."""
+    writes `eval_<split>_<checkpoint>/{cases.csv,summary.json}` and returns the summary, with
+    `return_labels` also each volume's label map (in the split's order), so a caller need not
+    predict again. `postprocess` (see `postprocessed_classes`) other than "none" scores into
+    `..._postprocessed/` (val's choice) or `..._largest/` (every class). Scoring val with the best
+    checkpoint, raw, also makes val's choice: RUN/postprocessing.json (`choose_largest_component`).
+    """
     run_dir = run_root(run_dir)
     model, state = load_run_model(run_dir, checkpoint)
+    largest_component = postprocessed_classes(run_dir, postprocess, state["num_classes"])
     config = config_from_dict(state["config"])
     if data is not None:
         config.data.root = str(Path(data).absolute())
@@ -218,12 +259,15 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     for volume in tqdm(volumes, desc=f"scoring {split}", unit="volume", disable=not progress, leave=False):
         probs = predict_volume(model, volume.image, state["image_size"], target,
                                amp=resolve_amp(config, target) if amp is None else amp)
-        label_maps.append(labels_from_probabilities(probs, state["num_classes"], largest_component))
+        label_maps.append(labels_from_probabilities(probs, largest_component))
         rows += score_case(label_maps[-1], volume.label, state["num_classes"], volume.spacing, volume.name)
     summary = summarize(rows, state.get("class_names") or info.class_names)
     summary.update(split=split, checkpoint=checkpoint, iteration=state["iteration"], run=str(run_dir),
-                   largest_component=largest_component)
-    out = run_dir / f"eval_{split}_{checkpoint}{'_largest' if largest_component else ''}"
+                   postprocess=postprocess, largest_component=list(largest_component))
+    out = run_dir / f"eval_{split}_{checkpoint}{POSTPROCESS_FOLDER[postprocess]}"
     write_csv(rows, out / "cases.csv")
     write_json(summary, out / "summary.json")
+    if (split, checkpoint, postprocess) == ("val", "best", "none"):
+        choice = choose_largest_component(label_maps, [v.label for v in volumes], state["num_classes"])
+        write_json({**choice, "checkpoint_iteration": state["iteration"]}, run_dir / "postprocessing.json")
     return (summary, label_maps) if return_labels else summary

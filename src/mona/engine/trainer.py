@@ -109,7 +109,7 @@ def validate(method: Method, volumes: list[Volume3D], config: Config, device: to
     scores = []
     for volume in volumes:
         probs = predict_volume(method.model, volume.image, config.data.image_size, device, amp=amp)
-        scores.append(dice_per_class(labels_from_probabilities(probs, method.num_classes), volume.label,
+        scores.append(dice_per_class(labels_from_probabilities(probs), volume.label,
                                      method.num_classes))
     per_class = np.mean(scores, axis=0)
     return {"dice": float(per_class.mean()), **{f"dice_class{c + 1}": float(v) for c, v in enumerate(per_class)}}

@@ -31,7 +31,7 @@ import torch
 
 from mona.data.io import Volume, atomic_path, case_name, check_labels, read_volume, split_name, write_label_volume
 from mona.data.prepare.common import h5_axes, minmax, percentile_window, window
-from mona.engine.run import load_run_model, run_checkpoint
+from mona.engine.run import load_run_model, postprocessed_classes, run_checkpoint
 from mona.engine.trainer import fast_bf16, resolve_device
 from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
@@ -214,7 +214,7 @@ class Predictor:
     amp: bool = False
     batch_size: int = 32
     tta: bool = False
-    largest_component: bool = False
+    largest_component: tuple[int, ...] = ()  # the classes that keep only their largest connected component
 
     def probabilities(self, image: np.ndarray) -> torch.Tensor:
         """(C, D, H, W) class probabilities of a (D, H, W) volume in the network's order."""
@@ -269,12 +269,14 @@ class Predictor:
         """Segment a (D, H, W) volume already in the network's order and normalised (an h5 volume)."""
         probs = self.probabilities(image)
         return Segmentation(layout, image, probs,
-                            labels_from_probabilities(probs, self.num_classes, self.largest_component))
+                            labels_from_probabilities(probs, self.largest_component))
 
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", amp: bool = False,
-                   batch_size: int = 32, tta: bool = False, largest_component: bool = False) -> Predictor:
-    """A run's `best` (on val), `last` or given checkpoint file, on `device`; `amp` is taken as is."""
+                   batch_size: int = 32, tta: bool = False, postprocess: str = "val") -> Predictor:
+    """A run's `best` (on val), `last` or given checkpoint file, on `device`; `amp` is taken as is.
+    `postprocess`: which classes keep only their largest connected component, "val" (the run's
+    choice on val, RUN/postprocessing.json), "none" or "all" (`postprocessed_classes`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MonaError("run folder not found", run_dir)
@@ -291,7 +293,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = 
     target = resolve_device(device)
     return Predictor(model.to(target).eval(), path, int(state.get("iteration", 0)), state["num_classes"], names,
                      state["image_size"], run_preprocessing(state, path), target, amp, batch_size, tta,
-                     largest_component)
+                     postprocessed_classes(run_dir, postprocess, state["num_classes"]))
 
 
 @dataclass

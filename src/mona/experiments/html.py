@@ -134,8 +134,8 @@ def learning_curves(runs: dict[str, Path], title: str = "") -> str:
 def predicted_labels(run_dir: Path, volumes: Sequence[Volume3D], checkpoint: str = "best") -> list[np.ndarray]:
     """Each volume's label map predicted by a run's checkpoint (on the CPU), as `evaluate_run` scores it."""
     model, state = load_run_model(run_dir, checkpoint)
-    return [labels_from_probabilities(predict_volume(model, volume.image, state["image_size"], CPU),
-                                      state["num_classes"]) for volume in volumes]
+    return [labels_from_probabilities(predict_volume(model, volume.image, state["image_size"], CPU))
+            for volume in volumes]
 
 
 def grey_png(image: np.ndarray) -> str:
