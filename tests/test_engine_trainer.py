@@ -1,5 +1,5 @@
-"""The engine: schedules, EMA, atomic checkpoints, resume == uninterrupted, incompatible
-checkpoints, and a supervised run whose loss falls on the phantom."""
+"""The trainer on the phantom: a supervised run whose loss falls, its run folder, incompatible
+checkpoints, Ctrl-C and resume == uninterrupted, periodic checkpoints, bf16."""
 
 import json
 import math
@@ -8,16 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from mona.config import load_config
 from mona.data.phantom import write_phantom
 from mona.engine import trainer as trainer_module
-from mona.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from mona.engine.checkpoint import save_checkpoint
 from mona.engine.run import load_run_model, resume_config, train
-from mona.engine.schedule import ema_momentum, ema_update, poly_lr
 from mona.errors import MonaError, RunInterrupted
-from mona.methods.base import sigmoid_rampup
 from mona.methods.mean_teacher import MeanTeacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,134 +37,6 @@ def read_log(run_dir, split="train"):
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["split"] == split]
 
-
-# --- schedules -------------------------------------------------------------------------------
-
-def test_poly_lr():
-    assert poly_lr(0.01, 0.0) == pytest.approx(0.01)
-    assert poly_lr(0.01, 0.5) == pytest.approx(0.01 * 0.5**0.9)
-    assert poly_lr(0.01, 0.9, power=2.0) == pytest.approx(0.01 * 0.1**2)
-    assert poly_lr(0.01, 1.0) == 0.0 and poly_lr(0.01, 1.5) == 0.0
-    values = [poly_lr(0.01, t / 10) for t in range(11)]
-    assert all(a > b for a, b in zip(values, values[1:]))
-
-
-def ssl4mis_weight(iteration, consistency=0.1, rampup_epochs=200.0):
-    """SSL4MIS's train_mean_teacher_2D: consistency * sigmoid_rampup(iter_num // 150, 200)."""
-    epoch = iteration // 150
-    phase = 1.0 - min(max(epoch, 0.0), rampup_epochs) / rampup_epochs
-    return consistency * math.exp(-5.0 * phase * phase)
-
-
-def test_sigmoid_rampup():
-    assert sigmoid_rampup(0.0, 0.4) == pytest.approx(math.exp(-5.0))
-    assert sigmoid_rampup(0.2, 0.4) == pytest.approx(math.exp(-5.0 * 0.25))
-    assert sigmoid_rampup(0.4, 0.4) == 1.0
-    assert sigmoid_rampup(0.7, 0.4) == 1.0
-    assert sigmoid_rampup(0.1, 0.0) == 1.0
-    values = [sigmoid_rampup(t / 20, 0.4) for t in range(9)]
-    assert all(a < b for a, b in zip(values, values[1:]))
-
-
-def test_rampup_scales_with_the_run_unlike_ssl4mis():
-    # a 3000-iteration run at 40 %: our fractional ramp is done, SSL4MIS's (tuned for 30000) is near 0
-    iteration, total = 1200, 3000
-    assert 0.1 * sigmoid_rampup(iteration / total, 0.4) == pytest.approx(0.1)
-    assert ssl4mis_weight(iteration) < 0.002
-    # and over 30000 iterations the two agree at the end of the ramp
-    assert ssl4mis_weight(30000) == pytest.approx(0.1 * sigmoid_rampup(1.0, 0.4))
-
-
-# --- EMA -------------------------------------------------------------------------------------
-
-def test_ema_momentum_warm_up():
-    assert ema_momentum(0.99, 0) == 0.0
-    assert ema_momentum(0.99, 9) == pytest.approx(0.9)
-    assert ema_momentum(0.99, 1000) == 0.99
-
-
-def test_ema_update_equals_the_formula():
-    torch.manual_seed(0)
-    student = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
-    teacher = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
-    student(torch.randn(8, 3))  # moves the student's running statistics and counter
-    before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
-    before_s = {k: v.clone() for k, v in student.state_dict().items()}
-    ema_update(teacher, student, 0.9)
-    after = teacher.state_dict()
-    for key, value in after.items():
-        if value.is_floating_point():
-            assert torch.allclose(value, 0.9 * before_t[key] + 0.1 * before_s[key], atol=1e-7), key
-        else:  # integer buffers (num_batches_tracked) are left alone
-            assert torch.equal(value, before_t[key]), key
-    assert all(torch.equal(v, before_s[k]) for k, v in student.state_dict().items())  # student untouched
-    ema_update(teacher, student, 0.0)
-    floats = {k: v for k, v in student.state_dict().items() if v.is_floating_point()}
-    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in floats.items())
-
-
-# --- checkpoints -----------------------------------------------------------------------------
-
-def test_checkpoint_written_atomically(tmp_path, monkeypatch):
-    state = {"method": {"w": torch.arange(4.0)}, "iteration": 3}
-    path = tmp_path / "last.pt"
-    save_checkpoint(path, state)
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
-    loaded = load_checkpoint(path)
-    assert loaded["iteration"] == 3 and torch.equal(loaded["method"]["w"], torch.arange(4.0))
-    assert torch.load(path, weights_only=True)["format"] == 1
-
-    def broken_save(obj, handle):
-        handle.write(b"half a checkpoint")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(MonaError, match="last.pt: cannot write \\(disk full\\)"):
-        save_checkpoint(path, {"method": {"w": torch.zeros(4)}, "iteration": 9})
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
-    assert load_checkpoint(path)["iteration"] == 3  # the previous checkpoint is intact
-
-
-def test_bad_checkpoints_are_mona_errors(tmp_path):
-    with pytest.raises(MonaError, match="missing"):
-        load_checkpoint(tmp_path / "none.pt")
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"\x00not a checkpoint" * 20)
-    with pytest.raises(MonaError, match="cannot read") as info:
-        load_checkpoint(garbage)
-    assert info.value.path == str(garbage)
-    foreign = tmp_path / "foreign.pt"
-    torch.save({"weights": torch.zeros(2)}, foreign)
-    with pytest.raises(MonaError, match="not a mona checkpoint"):
-        load_checkpoint(foreign)
-
-
-@pytest.mark.parametrize("damage", ["truncated", "objects"])
-def test_checkpoint_errors_do_not_relay_torch_advice(tmp_path, damage):
-    path = tmp_path / "last.pt"
-    if damage == "truncated":
-        save_checkpoint(path, {"method": {"w": torch.zeros(1000)}, "iteration": 3})
-        path.write_bytes(path.read_bytes()[:700])
-    else:
-        torch.save({"format": 1, "method": {}, "when": __import__("datetime").date.today()}, path)
-    with pytest.raises(MonaError) as info:
-        load_checkpoint(path)
-    message = str(info.value)
-    assert message.startswith(f"{path}: cannot read checkpoint: ") and "weights_only=False" not in message
-    assert message.endswith(")") or message.endswith("checkpoint")
-
-
-def test_load_weights_reports_mismatch(tmp_path):
-    small, big = nn.Linear(3, 4), nn.Linear(3, 5)
-    with pytest.raises(MonaError, match="weight has shape") as info:
-        load_weights(big, small.state_dict(), tmp_path / "x.pt")
-    assert info.value.path == str(tmp_path / "x.pt")
-    with pytest.raises(MonaError, match="lacks"):
-        load_weights(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), {"0.weight": torch.zeros(4, 3)},
-                     tmp_path / "x.pt")
-
-
-# --- training runs ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def supervised_run(phantom, tmp_path_factory):
