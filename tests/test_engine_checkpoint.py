@@ -7,6 +7,7 @@ from torch import nn
 from mona.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from mona.errors import MonaError
 
+
 def test_checkpoint_written_atomically(tmp_path, monkeypatch):
     state = {"method": {"w": torch.arange(4.0)}, "iteration": 3}
     path = tmp_path / "last.pt"
