@@ -178,6 +178,14 @@ def test_a_bad_postprocessing_choice_is_named(tiny_run, capsys, content, problem
     assert f"{tiny_run / 'postprocessing.json'}: " in err and problem in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("verb", [["evaluate"], ["predict", "-i", "x.h5", "-o", "out", "-m"]])
+def test_a_missing_run_folder_is_named(tmp_path, capsys, verb):
+    missing = tmp_path / "no-such-run"
+    assert main([*verb, str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: run folder not found" in err and "Traceback" not in err
+
+
 def test_demo(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--iterations", "4", "--patients", "2", "--val-patients", "1",

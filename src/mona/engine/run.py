@@ -203,6 +203,8 @@ def run_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
 
 def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch.nn.Module, dict]:
     """The student network of a run's checkpoint (`best`, `last` or a file path), and the checkpoint."""
+    if not Path(run_dir).is_dir():
+        raise MonaError("run folder not found", run_dir)
     path = run_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     model = UNet(1, state["num_classes"])

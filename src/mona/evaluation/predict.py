@@ -278,8 +278,6 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = 
     `postprocess`: which classes keep only their largest connected component, "val" (the run's
     choice on val, RUN/postprocessing.json), "none" or "all" (`postprocessed_classes`)."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise MonaError("run folder not found", run_dir)
     if batch_size < 1:
         raise MonaError(f"batch size must be at least 1, got {batch_size}")
     model, state = load_run_model(run_dir, checkpoint)
