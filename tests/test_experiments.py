@@ -84,6 +84,24 @@ def test_every_run_trained_once_and_interrupted_run_resumed(grid_run):
         assert (run / "hardware.txt").read_text().strip().endswith(f", {precision}")
 
 
+def test_post_processed_scores_follow_the_choice_on_val(grid_run):
+    """Each run is also scored post-processed as its val choice says; a finished run that lacks
+    those scores gets them from the next pass, without training."""
+    out, _ = grid_run
+    for spec in SPECS:
+        run = out / "runs" / spec.name
+        choice = json.loads((run / "postprocessing.json").read_text())["largest_component"]
+        summary = json.loads((run / "eval_test_best_postprocessed" / "summary.json").read_text())
+        assert summary["postprocess"] == "val" and summary["largest_component"] == choice
+    run = out / "runs" / SPECS[0].name
+    shutil.rmtree(run / "eval_test_best_postprocessed")
+    (run / "postprocessing.json").unlink()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(grid, "train", lambda *args, **kwargs: pytest.fail("a finished run was trained again"))
+        run_grid(out.parent / "data", SPECS, "demo", out, OVERRIDES)
+    assert (run / "postprocessing.json").is_file() and (run / "eval_test_best_postprocessed" / "summary.json").is_file()
+
+
 def parse_cell(text):
     mean, std = re.match(r"\s*([-\d.]+) ± ([-\d.]+)", text).groups()
     return float(mean), float(std)
@@ -96,10 +114,11 @@ def test_report_numbers_are_the_runs(grid_run):
     for png in ["dice_vs_budget.png", "montage_supervised.png", "montage_mean_teacher.png",
                 *(f"curves_{spec.name}.png" for spec in SPECS)]:
         assert (out / png).stat().st_size > 1000 and f"({png})" in report
+    checkpoints = ("best", "last", "best_postprocessed")
     summaries = {spec.name: {c: json.loads((out / "runs" / spec.name / f"eval_test_{c}" / "summary.json").read_text())
-                             for c in ("best", "last")} for spec in SPECS}
+                             for c in checkpoints} for spec in SPECS}
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(rows) == len(SPECS) * 2 * 4  # runs x checkpoints x (3 classes + mean)
+    assert len(rows) == len(SPECS) * 3 * 4  # runs x (best, last, best post-processed) x (3 classes + mean)
     for row in rows:
         summary = summaries[row["run"]][row["checkpoint"]]
         expected = summary["mean"] if row["class"] == "mean" else next(
@@ -107,7 +126,8 @@ def test_report_numbers_are_the_runs(grid_run):
         dice = expected["dice"] if row["class"] == "mean" else expected["dice"]["mean"]
         assert float(row["dice"]) == pytest.approx(dice)
     for method in ("supervised", "mean_teacher"):
-        for checkpoint, label in (("best", "best on val"), ("last", "last")):
+        for checkpoint, label in (("best", "best on val"), ("last", "last"),
+                                  ("best_postprocessed", "best on val, post-processed on val")):
             line = next(row for row in report.splitlines() if row.startswith(f"| {method} | 1 | {label} | 2 |"))
             cells = line.split("|")[1:-1]
             dice = [100 * summaries[f"{method}_l1_s{s}"][checkpoint]["mean"]["dice"] for s in (0, 1)]

@@ -3,9 +3,9 @@
 Every run lives in OUT/runs/<name>. A run counts as finished once
 RUN/eval_test_best/summary.json exists; that file is written last (after the `last`
 checkpoint's evaluation), so a grid stopped at any point picks up where it left off:
-finished runs are skipped, an interrupted run resumes from its `last.pt`, a run that never
-wrote a checkpoint starts afresh. Checkpoints are chosen on the val split by the engine
-(`best.pt`); the test split is only scored.
+finished runs are skipped (a finished run without post-processed scores gets them), an
+interrupted run resumes from its `last.pt`, a run that never wrote a checkpoint starts afresh.
+Checkpoints are chosen on the val split by the engine (`best.pt`); the test split is only scored.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Sequence
 from mona.config import load_config
 from mona.data.io import atomic_path
 from mona.engine.environment import one_line
-from mona.engine.run import evaluate_run, resume_config, train
+from mona.engine.run import evaluate_run, resume_config, run_checkpoint, train
 from mona.engine.run_folder import RunLock, stage_folders
 from mona.errors import MonaError, RunInUse
 
@@ -56,6 +56,14 @@ def plan(methods: Sequence[str], budgets: Sequence[str | int], seeds: Sequence[i
 
 def is_finished(run_dir: Path) -> bool:
     return (run_dir / "eval_test_best" / "summary.json").is_file()
+
+
+def score_postprocessed(run_dir: Path) -> None:
+    """Test scores of the best checkpoint post-processed as chosen on val (eval_test_best_postprocessed/);
+    a run trained before training made that choice makes it first (`mona evaluate RUN --split val`)."""
+    if not (run_dir / "postprocessing.json").is_file():
+        evaluate_run(run_dir, "val", "best")
+    evaluate_run(run_dir, "test", "best", postprocess="val")
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -110,6 +118,12 @@ def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str
         run_dir = out / "runs" / spec.name
         folders.append(run_dir)
         if is_finished(run_dir):
+            if not (run_dir / "eval_test_best_postprocessed").is_dir() and run_checkpoint(run_dir).is_file():
+                try:  # a run scored before post-processing was chosen on val
+                    with RunLock(run_dir):
+                        score_postprocessed(run_dir)
+                except RunInUse as busy:
+                    print(f"{spec.name}: skipped, another process is on it ({busy})")
             continue
         try:
             if (run_dir / "config.yaml").is_file() and has_checkpoint(run_dir):
@@ -123,6 +137,7 @@ def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str
                 environment = json.loads((run_dir / "environment.json").read_text())[-1]
                 (run_dir / "hardware.txt").write_text(one_line(environment) + "\n")
                 evaluate_run(run_dir, "test", "last")
+                score_postprocessed(run_dir)
                 evaluate_run(run_dir, "test", "best")  # last: its summary.json marks the run finished
         except RunInUse as busy:
             print(f"{spec.name}: skipped, another process is on it ({busy})")

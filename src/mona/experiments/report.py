@@ -6,7 +6,9 @@ at any time, also while a grid is still running. Aggregates are the mean and sam
 Seed means hide how often a method wins: the paired table compares two methods volume by
 volume on the test split (Dice averaged over classes and over the seeds both have run).
 The paper's ACDC Dice (MONA_SPEC sections 7-8) is shown beside ours when the dataset is
-ACDC and the budget is one the paper reports; elsewhere "-".
+ACDC and the budget is one the paper reports; elsewhere "-". The tables add the best
+checkpoint post-processed as chosen on val (RUN/eval_test_best_postprocessed/) for the runs
+that have it; the paired table and the figures score the raw argmax, as the paper does.
 No checkpoint is needed: training times come from the runs' metrics.jsonl, and montages are
 redrawn only where the data folder and the runs' best.pt are present, so a report folder
 published without its checkpoints (docs/results/) rebuilds and keeps its montages.
@@ -48,7 +50,8 @@ from mona.experiments.html import (
 )
 from mona.methods import METHODS
 
-CHECKPOINTS = {"best": "best on val", "last": "last"}
+# RUN/eval_test_<key>/ -> its label in the tables; a run's post-processed scores are shown where it has them
+CHECKPOINTS = {"best": "best on val", "last": "last", "best_postprocessed": "best on val, post-processed on val"}
 CSV_COLUMNS = ("run", "method", "labeled", "seed", "checkpoint", "class", *METRICS, "unit", "sec_per_iter")
 # MONA_SPEC section 8 (ACDC test Dice %, 1 / 3 / 7 labeled patients; UNet with all labels) and
 # section 7 (ablations at 1 patient)
@@ -104,7 +107,8 @@ def load_run(run_dir: Path) -> dict:
     return {
         "name": run_dir.name, "dir": run_dir, "config": config, "variant": variant_of(config),
         "labeled": str(config["data"]["labeled"]), "seed": config["train"]["seed"],
-        "summaries": {c: json.loads((run_dir / f"eval_test_{c}" / "summary.json").read_text()) for c in CHECKPOINTS},
+        "summaries": {c: json.loads((run_dir / f"eval_test_{c}" / "summary.json").read_text()) for c in CHECKPOINTS
+                      if (run_dir / f"eval_test_{c}" / "summary.json").is_file()},
         "train_seconds": seconds, "sec_per_iter": seconds / iterations if iterations else float("nan"),
         "hardware": hw.read_text().strip() if hw.is_file() else "",
     }
@@ -180,11 +184,13 @@ def tables(runs: list[dict], acdc: bool) -> list[Table]:
     for (variant, labeled), members in groups(runs).items():
         paper = PAPER_ACDC_DICE.get((variant, labeled)) if acdc else None
         for checkpoint, label in CHECKPOINTS.items():
-            summaries = [r["summaries"][checkpoint] for r in members]
+            summaries = [r["summaries"][checkpoint] for r in members if checkpoint in r["summaries"]]
+            if not summaries:
+                continue
             class_dice = [cell([s["classes"][k]["dice"]["mean"] for s in summaries], 100.0, 1)
                           for k in range(len(names))]
             means = metric_cells(summaries, lambda s: s["mean"])
-            overall.rows.append([variant, labeled, label, str(len(members)), means[0],
+            overall.rows.append([variant, labeled, label, str(len(summaries)), means[0],
                                  str(paper) if paper is not None else "-", *means[1:], *class_dice])
             for k, name in enumerate(names):
                 cells = metric_cells(summaries, lambda s, k=k: {m: s["classes"][k][m]["mean"] for m in METRICS})
@@ -272,7 +278,9 @@ def protocol_lines(out: Path, runs: list[dict]) -> list[str]:
             settings.append(f"{key}={'/'.join(values)}")
     data = sorted({r["config"]["data"]["root"] for r in runs})
     return [f"- Protocol: `{preset}` preset; " + ", ".join(settings),
-            f"- Data: {', '.join(data)}; checkpoints chosen on val Dice only (`best on val`), `last` = final iteration"]
+            f"- Data: {', '.join(data)}; checkpoints chosen on val Dice only (`best on val`), `last` = final "
+            "iteration; `post-processed on val`: each class keeps only its largest connected component where "
+            "that raised its val Dice (the masks `mona predict` writes); every other row is the raw argmax"]
 
 
 def plot_curves(run: dict, path: Path) -> None:
