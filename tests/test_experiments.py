@@ -34,6 +34,7 @@ def test_plan_names_upper_bound_and_ablations():
     names = [spec.name for spec in plan(["supervised", "mona"], [1, 3], [0], ablate=3)]
     assert names[:4] == ["supervised_l1_s0", "supervised_l3_s0", "mona_l1_s0", "mona_l3_s0"]
     assert "supervised_lall_s0" in names
+    assert [spec.name for spec in plan(["mona"], [3], [0], upper_bound=False)] == ["mona_l3_s0"]  # one cell
     ablations = [spec for spec in plan(["mona"], [1], [0, 1], ablate=3) if spec.overrides]
     assert {spec.overrides for spec in ablations} == {(f"mona.{p}=false",) for p in grid.ABLATIONS}
     assert all(spec.method == "mona" and spec.labeled == "3" for spec in ablations) and len(ablations) == 10
@@ -186,13 +187,15 @@ def test_paired_comparison_averages_seeds_per_volume(tmp_path):
     assert report_module.paired_comparison(runs, "mona", "supervised", "7") is None
 
 
-def test_reproduce_cli_skips_finished_runs(grid_run, monkeypatch):
+def test_reproduce_cli_skips_finished_runs(grid_run, monkeypatch, capsys):
     out, _ = grid_run
     monkeypatch.setattr(grid, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     args = ["reproduce", "--data", str(out.parent / "data"), "--methods", "supervised,mean_teacher", "--labeled", "1",
             "--seeds", "0,1", "--protocol", "demo", "--out", str(out), *OVERRIDES]
     assert main(args) == 0
-    assert (out / "report.md").is_file()
+    assert (out / "report.md").is_file() and f"6 runs in {out}/runs" in capsys.readouterr().out
+    assert main([*args, "--no-upper-bound"]) == 0
+    assert f"4 runs in {out}/runs" in capsys.readouterr().out
 
 
 def test_a_run_another_process_trains_is_skipped_then_finished_later(tmp_path, capsys):

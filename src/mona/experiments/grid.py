@@ -42,12 +42,12 @@ def _spec(variant: str, method: str, labeled: str, seed: int, overrides: tuple[s
 
 
 def plan(methods: Sequence[str], budgets: Sequence[str | int], seeds: Sequence[int],
-         ablate: str | int | None = None) -> list[RunSpec]:
+         ablate: str | int | None = None, upper_bound: bool = True) -> list[RunSpec]:
     """The runs of a grid: every method x budget x seed, the fully supervised upper bound
-    (`supervised_lall_s<seed>`) for each seed, and with `ablate` N one MONA run per seed at
-    budget N with each component of `ABLATIONS` switched off."""
+    (`supervised_lall_s<seed>`) for each seed unless `upper_bound` is off, and with `ablate` N
+    one MONA run per seed at budget N with each component of `ABLATIONS` switched off."""
     specs = [_spec(m, m, str(b), s) for m in methods for b in budgets for s in seeds]
-    specs += [_spec("supervised", "supervised", "all", s) for s in seeds]
+    specs += [_spec("supervised", "supervised", "all", s) for s in seeds] if upper_bound else []
     if ablate is not None:
         specs += [_spec(f"mona_no_{part}", "mona", str(ablate), s, (f"mona.{part}=false",))
                   for part in ABLATIONS for s in seeds]
