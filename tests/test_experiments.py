@@ -136,7 +136,7 @@ def test_report_numbers_are_the_runs(grid_run):
             assert parse_cell(cells[4]) == pytest.approx((np.mean(dice), np.std(dice, ddof=1)), abs=0.051)
             assert cells[5].strip() == "-"  # the phantom is not ACDC: no paper numbers
             assert parse_cell(cells[7])[0] == pytest.approx(np.mean(hd95), abs=0.0051)
-    assert "| supervised | all | best on val | 2 |" in report
+    assert "| supervised | all | best on val | 2 |" in report and "Not finished yet" not in report
     page = (out / "report.html").read_text()  # the same tables, curves and a slice browser per test volume
     assert "<tr><td>supervised</td><td>1</td><td>best on val</td><td>2</td>" in page
     assert page.count('<input type="range"') == 2 and "<figcaption>mean_teacher, 1 labeled</figcaption>" in page
@@ -212,6 +212,8 @@ def test_a_run_another_process_trains_is_skipped_then_finished_later(tmp_path, c
         assert not grid.is_finished(busy) and not (busy / "config.yaml").exists()
         assert (busy / ".lock").read_text().split()[0] == str(other_lane.pid)
         assert grid.is_finished(tmp_path / "out" / "runs" / specs[1].name)
+        report = report_module.build_report(tmp_path / "out").read_text()
+        assert f"- Not finished yet (1 of 2 planned runs): {specs[0].name}\n" in report  # a partial grid says so
     finally:
         other_lane.kill()
         other_lane.wait()

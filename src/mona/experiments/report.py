@@ -283,6 +283,17 @@ def protocol_lines(out: Path, runs: list[dict]) -> list[str]:
             "that raised its val Dice (the masks `mona predict` writes); every other row is the raw argmax"]
 
 
+def unfinished_lines(out: Path, runs: list[dict]) -> list[str]:
+    """The runs OUT/grid.json plans that are not finished yet: a partial grid says what it lacks."""
+    grid = out / "grid.json"
+    planned = [r["name"] for r in json.loads(grid.read_text())["runs"]] if grid.is_file() else []
+    finished = {r["name"] for r in runs}
+    missing = [name for name in planned if name not in finished]
+    if not missing:
+        return []
+    return [f"- Not finished yet ({len(missing)} of {len(planned)} planned runs): {', '.join(missing)}"]
+
+
 def plot_curves(run: dict, path: Path) -> None:
     """Training losses (log scale) and val Dice against iteration; MONA's fine-tuning follows its pre-training."""
     fig = Figure(figsize=(10, 3.6))
@@ -379,7 +390,7 @@ def build_report(out: str | Path) -> Path:
     here = one_line(describe(resolve_device("auto"), "fp32"))
     hardware_lines = sorted({r["hardware"] for r in runs if r["hardware"]}) or [f"{here} (report machine)"]
     total = sum(r["train_seconds"] for r in runs)
-    lines = [f"# Results of {len(runs)} finished runs", "", *protocol_lines(out, runs),
+    lines = [f"# Results of {len(runs)} finished runs", "", *protocol_lines(out, runs), *unfinished_lines(out, runs),
              *(f"- Hardware: {h}" for h in hardware_lines),
              f"- Total training wall time: {total / 3600:.2f} h ({total:.0f} s, sum of the runs' train_seconds)",
              f"- Paper Dice: MONA_SPEC sections 7-8 (ACDC){'' if acdc else '; not ACDC, so not shown'}"]
