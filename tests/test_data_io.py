@@ -7,8 +7,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mona.data.io import Volume, check_labels, read_label_volume, read_volume, write_label_volume
+from mona.data.io import Volume, check_labels, read_volume, write_label_volume
 from mona.errors import MonaError
+
+
+def read_label_volume(path):
+    """The uint8 (D, H, W) label array of a file, as `mona evaluate --pred` reads truths."""
+    return read_volume(path, labels_only=True).label
+
 
 ZOOMS_XYZ = (0.7, 0.8, 3.0)
 

@@ -15,7 +15,6 @@ from mona.data.phantom import write_phantom
 from mona.data.prepare import prepare_folder
 from mona.data.ssl4mis import (
     dataset_info,
-    load_slices,
     load_train_data,
     load_volumes,
     patient_of,
@@ -178,7 +177,7 @@ def test_phantom_train_data_and_store_shapes(phantom):
 
 
 def test_store_batch(phantom):
-    store = load_slices(dataset_info(phantom), read_list(phantom / "train_slices.list")[:6], 32)
+    store = load_train_data(dataset_info(phantom), "all", 32).labeled
     batch = store.batch(torch.tensor([5, 0, 5]), torch.device("cpu"))
     assert batch["image"].shape == (3, 1, 32, 32) and batch["label"].dtype == torch.long
     assert torch.equal(batch["image"][0], store.images[5]) and torch.equal(batch["label"][1], store.labels[0].long())

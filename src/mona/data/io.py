@@ -85,11 +85,6 @@ def read_volume(path: str | Path, labels_only: bool = False) -> Volume:
         raise MonaError(f"cannot read ({type(exc).__name__}: {exc})", path) from exc
 
 
-def read_label_volume(path: str | Path) -> np.ndarray:
-    """The uint8 (D, H, W) label array of a file: the `label` key of an h5, the data of a NIfTI."""
-    return read_volume(path, labels_only=True).label
-
-
 def _read_h5(path: Path, labels_only: bool) -> Volume:
     with h5py.File(path, "r") as f:
         if labels_only and "label" not in f:

@@ -155,10 +155,6 @@ class SliceStore:
     labels: torch.Tensor | None
     names: list[str]
 
-    def subset(self, indices: list[int]) -> "SliceStore":
-        labels = None if self.labels is None else self.labels[indices]
-        return SliceStore(self.images[indices], labels, [self.names[i] for i in indices])
-
     def batch(self, indices: torch.Tensor, device: torch.device, with_label: bool = True) -> dict[str, torch.Tensor]:
         """A batch on `device`; unlabeled streams are drawn without labels so no method can peek."""
         batch = {"image": host_to_device(self.images[indices], device)}
@@ -180,12 +176,6 @@ def read_slices(info: DatasetInfo, names: list[str], size: int) -> tuple[torch.T
         images.append(resize_images(torch.from_numpy(image)[None, None], (size, size))[0])
         labels.append(resize_labels(torch.from_numpy(label)[None], (size, size))[0] if known else None)
     return torch.stack(images), labels
-
-
-def load_slices(info: DatasetInfo, names: list[str], size: int) -> SliceStore:
-    """A store of the named slices; its labels are None unless every slice has one."""
-    images, labels = read_slices(info, names, size)
-    return SliceStore(images, None if any(label is None for label in labels) else torch.stack(labels), list(names))
 
 
 @dataclass
