@@ -20,6 +20,20 @@ def one_thread():
 
 
 @pytest.fixture
+def random_batches():
+    """`random_batches(seed=0, n=2, size=32)`: a labeled batch (random images, labels of 4 classes)
+    and an unlabeled one, as a method's `training_step` takes them."""
+
+    def make(seed=0, n=2, size=32):
+        g = torch.Generator().manual_seed(seed)
+        labeled = {"image": torch.rand(n, 1, size, size, generator=g),
+                   "label": torch.randint(0, 4, (n, size, size), generator=g)}
+        return labeled, {"image": torch.rand(n, 1, size, size, generator=g)}
+
+    return make
+
+
+@pytest.fixture
 def interrupt_at():
     """`with interrupt_at(MethodClass, iterations, stop) as calls:` presses Ctrl-C (sends this process
     SIGINT) while the method's training step runs for iteration `stop` of `iterations`; with
