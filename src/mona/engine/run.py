@@ -189,8 +189,10 @@ def _choose_postprocessing(run_dir: Path, device: torch.device, say: RunLog, cla
     choice = json.loads((run_dir / "postprocessing.json").read_text())
     dice = ", ".join(f"{class_names[int(c)]} {100 * raw:.1f} -> {100 * kept:.1f}"
                      for c, (raw, kept) in choice["val_dice"].items())
-    kept = ", ".join(class_names[c] for c in choice["largest_component"]) or "none"
-    say(f"postprocessing chosen on val: largest component only for {kept} (val Dice raw -> largest: {dice})")
+    kept = ", ".join(class_names[c] for c in choice["largest_component"])
+    say(f"postprocessing chosen on val: {kept} keep only their largest connected component" if kept else
+        "postprocessing chosen on val: none, keeping only the largest connected component raised no class's val Dice")
+    say(f"  val Dice raw -> largest component: {dice}")
 
 
 def run_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
