@@ -236,6 +236,15 @@ def test_acdc_is_recognised_without_metadata(tmp_path):
     assert not acdc_like(str(tmp_path / "other"), ["RV", "Myo", "LV"])
 
 
+def test_protocol_names_the_data_folder_without_dot_dots(tmp_path):
+    from mona.config import load_config
+    from mona.experiments.report import protocol_lines
+
+    config = load_config(["demo"], [f"data.root={tmp_path}/runs/../data"]).to_dict()
+    data_line = protocol_lines(tmp_path, [{"config": config}])[1]
+    assert f"- Data: {tmp_path}/data;" in data_line and ".." not in data_line
+
+
 def test_report_rebuilds_without_checkpoints(grid_run, tmp_path):
     """A report folder published without its .pt files (docs/results/) rebuilds with the same
     numbers and training time, keeping the montages it cannot redraw."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -276,7 +277,7 @@ def protocol_lines(out: Path, runs: list[dict]) -> list[str]:
         values = sorted({str(r["config"][section][name]) for r in relevant})
         if values:
             settings.append(f"{key}={'/'.join(values)}")
-    data = sorted({r["config"]["data"]["root"] for r in runs})
+    data = sorted({os.path.normpath(r["config"]["data"]["root"]) for r in runs})
     return [f"- Protocol: `{preset}` preset; " + ", ".join(settings),
             f"- Data: {', '.join(data)}; checkpoints chosen on val Dice only (`best on val`), `last` = final "
             "iteration; `post-processed on val`: each class keeps only its largest connected component where "
