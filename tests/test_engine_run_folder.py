@@ -232,7 +232,7 @@ def test_published_run_folders_still_load():
 
     from mona.experiments.report import load_run
 
-    runs = Path(__file__).resolve().parents[1] / "docs" / "results" / "acdc-cpu-small" / "runs"
+    runs = Path(__file__).resolve().parents[1] / "docs" / "results" / "2026-11-27-acdc-cpu-small" / "runs"
     mona_run, supervised_run = runs / "mona_l7_s0", runs / "supervised_l7_s0"
     assert [p.name for p in stage_folders(mona_run)] == ["pretrain", "finetune"]
     assert stage_folders(supervised_run) == [supervised_run]
@@ -250,7 +250,8 @@ def test_a_run_saved_before_a_key_existed_resumes_as_it_ran(tmp_path):
     from mona.config import ADDED_KEYS
     from mona.engine.run import resume_config
 
-    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "acdc-cpu-small" / "runs" / "mona_l7_s0"
+    runs = Path(__file__).resolve().parents[1] / "docs" / "results" / "2026-11-27-acdc-cpu-small" / "runs"
+    published = runs / "mona_l7_s0"
     run = tmp_path / "run"
     shutil.copytree(published, run)
     saved = yaml.safe_load((run / "config.yaml").read_text())

@@ -1,0 +1,10 @@
+#!/bin/bash
+# One grid lane: OMP_NUM_THREADS=1 mona reproduce for each SUBSET given (e.g. "--methods mona --labeled 3 --seeds 0,1"),
+# then the whole grid. Runs another lane holds (.lock) are skipped; stops at the first non-zero exit (Ctrl-C included).
+cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)" || exit 1
+for subset in "$@" "--methods supervised,mean_teacher,mona --labeled 1,3,7 --seeds 0,1,2"; do
+  echo "=== $(date -u +%FT%TZ) lane: $subset"
+  # shellcheck disable=SC2086
+  OMP_NUM_THREADS=1 .venv/bin/mona reproduce --data ../shared/data/ACDC $subset --protocol cpu-small \
+      --out runs/grid-cpu-small || exit $?
+done
