@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from mona.cli.main import main
 from mona.data.phantom import write_phantom
 from mona.engine.run import run_checkpoint
 from mona.engine.run_folder import read_stages, run_root, stage_folders
+
+PUBLISHED_GRID_RUNS = Path(__file__).resolve().parents[1] / "docs" / "results" / "2026-11-27-acdc-cpu-small" / "runs"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -228,12 +231,9 @@ def test_help_names_the_defaults(capsys):
 
 def test_published_run_folders_still_load():
     """Run folders written before stages.json (docs/results/) map to the same stage folders."""
-    from pathlib import Path
-
     from mona.experiments.report import load_run
 
-    runs = Path(__file__).resolve().parents[1] / "docs" / "results" / "2026-11-27-acdc-cpu-small" / "runs"
-    mona_run, supervised_run = runs / "mona_l7_s0", runs / "supervised_l7_s0"
+    mona_run, supervised_run = PUBLISHED_GRID_RUNS / "mona_l7_s0", PUBLISHED_GRID_RUNS / "supervised_l7_s0"
     assert [p.name for p in stage_folders(mona_run)] == ["pretrain", "finetune"]
     assert stage_folders(supervised_run) == [supervised_run]
     assert run_root(mona_run / "finetune") == mona_run
@@ -245,13 +245,10 @@ def test_published_run_folders_still_load():
 def test_a_run_saved_before_a_key_existed_resumes_as_it_ran(tmp_path):
     """The published grid's MONA runs predate the spec-faithful switches: read back, they keep the
     settings they trained with, not today's defaults."""
-    from pathlib import Path
-
     from mona.config import ADDED_KEYS
     from mona.engine.run import resume_config
 
-    runs = Path(__file__).resolve().parents[1] / "docs" / "results" / "2026-11-27-acdc-cpu-small" / "runs"
-    published = runs / "mona_l7_s0"
+    published = PUBLISHED_GRID_RUNS / "mona_l7_s0"
     run = tmp_path / "run"
     shutil.copytree(published, run)
     saved = yaml.safe_load((run / "config.yaml").read_text())
