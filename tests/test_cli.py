@@ -165,6 +165,23 @@ def test_evaluate_postprocessed_writes_its_own_folder(tiny_run, capsys, postproc
     assert (tiny_run / "eval_val_best" / "summary.json").read_text() == raw  # the plain scores are not overwritten
 
 
+@pytest.mark.parametrize("chosen_for, expected", [(4, [2]), (3, [])])
+def test_the_val_choice_applies_to_its_checkpoint_only(tiny_run, capsys, chosen_for, expected):
+    """postprocessing.json was chosen for one checkpoint (its iteration); `last`, at iteration 4,
+    keeps it only where that is the checkpoint it was chosen for, else is not post-processed."""
+    chosen = (tiny_run / "postprocessing.json").read_text()
+    (tiny_run / "postprocessing.json").write_text(json.dumps({"largest_component": [2],
+                                                              "checkpoint_iteration": chosen_for}))
+    try:
+        assert main(["evaluate", str(tiny_run), "--split", "val", "--checkpoint", "last", "--postprocess", "val",
+                     "--device", "cpu"]) == 0
+    finally:
+        (tiny_run / "postprocessing.json").write_text(chosen)
+    summary = json.loads((tiny_run / "eval_val_last_postprocessed" / "summary.json").read_text())
+    assert summary["iteration"] == 4 and summary["largest_component"] == expected
+    assert f"largest component only: {'Myo' if expected else 'none'}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("content, problem", [("{not json", "unreadable"),
                                               ('{"largest_component": [4]}', "outside 1..3")])
 def test_a_bad_postprocessing_choice_is_named(tiny_run, capsys, content, problem):

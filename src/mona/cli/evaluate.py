@@ -6,8 +6,9 @@
 A run is scored on its dataset's split volumes (slices predicted one by one, stacked);
 results go to RUN_DIR/eval_<split>_<checkpoint>/ (cases.csv, summary.json). The raw argmax is
 scored, as the paper and SSL4MIS report it; --postprocess val keeps only the largest connected
-component of the classes where that raised val Dice (RUN/postprocessing.json, chosen when
-training ended; mona predict's default) into ..._postprocessed/, --postprocess all does it for
+component of the classes where that raised val Dice (RUN/postprocessing.json, chosen for the
+best checkpoint when training ended, none for another; mona predict's default) into
+..._postprocessed/, --postprocess all does it for
 every class into ..._largest/. Scoring val with the best checkpoint, raw, chooses again. Distances are
 in mm when the dataset knows the spacing (mona.json), else in voxels; the table says which.
 Empty masks: both empty scores Dice 1 and distance 0; one empty scores Dice 0 and the

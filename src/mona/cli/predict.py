@@ -18,8 +18,9 @@ affine and header (h5: key `label`).
 --truth DIR scores each case against the label volume of the same case name there into
 OUT/cases.csv and OUT/summary.json.
 Post-processing (--postprocess): by default (val) each class where it raised val Dice keeps only
-its largest 3D connected component, as the run chose when training ended (RUN/postprocessing.json;
-a run without one is not post-processed); none gives the raw argmax, all does it for every class.
+its largest 3D connected component, as the run chose for its best checkpoint when training ended
+(RUN/postprocessing.json; a run without one, or another checkpoint, is not post-processed); none
+gives the raw argmax, all does it for every class.
 A bad case is reported and skipped: the exit code is 1 if any case failed, 2 for a bad run.
 """
 

@@ -218,9 +218,10 @@ POSTPROCESS = ("none", "val", "all")  # whose largest connected component is kep
 POSTPROCESS_FOLDER = {"none": "", "val": "_postprocessed", "all": "_largest"}
 
 
-def postprocessed_classes(run_dir: str | Path, postprocess: str, num_classes: int) -> tuple[int, ...]:
+def postprocessed_classes(run_dir: str | Path, postprocess: str, num_classes: int, iteration: int) -> tuple[int, ...]:
     """The classes that keep only their largest connected component: none, those chosen on val
-    (RUN/postprocessing.json, written when training ends; none for a run without one), or all."""
+    (RUN/postprocessing.json, written when training ends, for the best checkpoint; none for a run
+    without one or for a checkpoint of another `iteration`, which the choice was not made for), or all."""
     if postprocess not in POSTPROCESS:
         raise MonaError(f"postprocess must be one of {', '.join(POSTPROCESS)}, got {postprocess!r}")
     if postprocess == "all":
@@ -229,10 +230,14 @@ def postprocessed_classes(run_dir: str | Path, postprocess: str, num_classes: in
     if postprocess == "none" or not path.is_file():
         return ()
     try:
-        classes = tuple(int(c) for c in json.loads(path.read_text())["largest_component"])
-    except (ValueError, KeyError, TypeError) as error:
+        choice = json.loads(path.read_text())
+        classes = tuple(int(c) for c in choice["largest_component"])
+        chosen_for = int(choice.get("checkpoint_iteration", iteration))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise MonaError(f"unreadable ({error}); delete it, then `mona evaluate RUN --split val` writes it again",
                         path) from None
+    if chosen_for != iteration:
+        return ()
     if not all(0 < c < num_classes for c in classes):
         raise MonaError(f"classes {list(classes)} outside 1..{num_classes - 1}", path)
     return classes
@@ -250,7 +255,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     """
     run_dir = run_root(run_dir)
     model, state = load_run_model(run_dir, checkpoint)
-    largest_component = postprocessed_classes(run_dir, postprocess, state["num_classes"])
+    largest_component = postprocessed_classes(run_dir, postprocess, state["num_classes"], state["iteration"])
     config = config_from_dict(state["config"])
     if data is not None:
         config.data.root = str(Path(data).absolute())

@@ -276,7 +276,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = 
                    batch_size: int = 32, tta: bool = False, postprocess: str = "val") -> Predictor:
     """A run's `best` (on val), `last` or given checkpoint file, on `device`; `amp` is taken as is.
     `postprocess`: which classes keep only their largest connected component, "val" (the run's
-    choice on val, RUN/postprocessing.json), "none" or "all" (`postprocessed_classes`)."""
+    choice on val for its best checkpoint, RUN/postprocessing.json), "none" or "all" (`postprocessed_classes`)."""
     run_dir = Path(run_dir)
     if batch_size < 1:
         raise MonaError(f"batch size must be at least 1, got {batch_size}")
@@ -288,10 +288,10 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = 
     names = list(state.get("class_names") or [])
     if len(names) != state["num_classes"]:
         names = ["background"] + [f"class {c}" for c in range(1, state["num_classes"])]
-    target = resolve_device(device)
-    return Predictor(model.to(target).eval(), path, int(state.get("iteration", 0)), state["num_classes"], names,
+    target, iteration = resolve_device(device), int(state.get("iteration", 0))
+    return Predictor(model.to(target).eval(), path, iteration, state["num_classes"], names,
                      state["image_size"], run_preprocessing(state, path), target, amp, batch_size, tta,
-                     postprocessed_classes(run_dir, postprocess, state["num_classes"]))
+                     postprocessed_classes(run_dir, postprocess, state["num_classes"], iteration))
 
 
 @dataclass
