@@ -3,7 +3,8 @@
   python -m benchmarks.profile_step --device cuda --size 256 --method mona_finetune
   python -m benchmarks.profile_step --device cpu --size 128 --batch 4 --representation-stride 4
 
-Autocast (bf16) is on where the device has native bf16 (CUDA, AVX512-BF16/AMX CPUs), as in training.
+Autocast (bf16) is on where training would use it (`fast_bf16`: CUDA, CPUs with AMX, AMD CPUs with
+AVX512-BF16).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Seconds per iteration, images per second and peak memory of each method's training step.
 
-  python benchmarks/train_speed.py --size 128 --batch 4 --device cpu [--amp] [--json out.json]
+  python benchmarks/train_speed.py --size 128 --batch 4 --device cpu [--amp | --force-bf16] [--json out.json]
   python benchmarks/train_speed.py --size 256 --paper-batches --device cuda --amp [--compile]
 
 Times the engine's full step (forward, losses, backward, SGD, EMA) of supervised, mean
@@ -107,7 +107,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="labeled = unlabeled batch for every method")
     parser.add_argument("--paper-batches", action="store_true", help="12+12 (sup, MT), 3+3 (stage 1), 4+4 (stage 2)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast where the hardware has native bf16")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast where training would use it (fast_bf16)")
+    parser.add_argument("--force-bf16", action="store_true", help="bf16 autocast even where training would not: "
+                        "to time that choice")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--methods", default="supervised,mean_teacher,mona_pretrain,mona_finetune")
@@ -125,7 +127,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     config = Config()
     config.train.amp = args.amp
-    amp = resolve_amp(config, device)
+    amp = args.force_bf16 or resolve_amp(config, device)
     rows = []
     for name in args.methods.split(","):
         batch = PAPER_BATCHES[name] if args.paper_batches else (args.batch, args.batch)

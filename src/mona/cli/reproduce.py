@@ -21,9 +21,10 @@ Protocols (presets):
              autocast, 3000 iterations with validation every 200 (MONA: 1000 pre-training
              + 3000 fine-tuning, pixel embeddings at 1/4 resolution). With two runs side
              by side on 2 cores, a run takes: supervised ~10 min, mean teacher ~25, MONA
-             ~8 + 50 on a CPU with native bf16 (AVX512-BF16); ~26 min, ~65 and ~3.3 h on
-             an AVX2-only CPU (fp32). The full 3 x 3 x 3 grid is a day's or days' work;
-             the numbers are far below the paper's.
+             ~8 + 50 on an AMD CPU with AVX512-BF16 (bf16); ~26 min, ~65 and ~3.3 h on
+             an AVX2-only CPU (fp32); MONA ~17 + 120 in bf16 on an Intel Xeon without
+             AMX (mona now trains in fp32 there, which was faster). The full 3 x 3 x 3
+             grid is a day's or days' work; the numbers are far below the paper's.
   paper      MONA_SPEC's protocol: 256x256, 12 + 12 per batch (MONA 3+3 then 4+4),
              30000 iterations per stage; for a GPU.
 Extra key=value overrides apply to every run (e.g. train.iterations=1000 train.device=cuda).

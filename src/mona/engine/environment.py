@@ -21,11 +21,21 @@ def _cpuinfo() -> str:
         return ""
 
 
-def cpu_name() -> str:
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in /proc/cpuinfo (e.g. "model name"), or None."""
     for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
+        if line.split(":", 1)[0].strip() == name:
             return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vendor() -> str:
+    """GenuineIntel, AuthenticAMD, ... ("" where /proc/cpuinfo has none): bf16 speed depends on it."""
+    return _cpuinfo_field("vendor_id") or ""
 
 
 def cpu_flags() -> list[str]:

@@ -150,8 +150,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, continu
                 record_stages(run_dir, [{"name": s.name, "iterations": s.iterations} for s in stages])
                 _record_environment(run_dir, {**describe(device, precision(config, device)), "resume": resume})
                 if config.train.amp and not resolve_amp(config, device):
-                    say("note: train.amp: this CPU has no native bf16 (avx512_bf16/amx); training in fp32, "
-                        "which is faster here")
+                    say("note: train.amp: bf16 autocast is slower than fp32 on this CPU (it has neither AMX "
+                        "nor AMD's AVX512-BF16); training in fp32")
         except BaseException:
             if created:  # a run that failed before it began leaves no folder behind
                 shutil.rmtree(run_dir, ignore_errors=True)

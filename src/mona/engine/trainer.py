@@ -29,6 +29,7 @@ from mona.config import Config
 from mona.data.ssl4mis import DatasetInfo, TrainData, Volume3D, sample_indices
 from mona.engine import distributed
 from mona.engine.checkpoint import load_weights, save_checkpoint
+from mona.engine.environment import cpu_flags, cpu_vendor
 from mona.engine.schedule import ema_momentum, ema_update, poly_lr
 from mona.errors import MonaError, RunInterrupted
 from mona.evaluation.inference import autocast, dice_per_class, predict_volume
@@ -45,17 +46,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast speeds this device up: CUDA, or a CPU with AVX512-BF16 or AMX.
+    """Whether bf16 autocast speeds this device up: CUDA with bf16, or a CPU with AMX, or an AMD CPU
+    with AVX512-BF16.
 
-    On CPUs without them (e.g. AVX2-only EPYCs) oneDNN emulates bf16 and a step is ~10x slower.
+    Without these oneDNN emulates bf16 and a step is ~10x slower (AVX2-only EPYCs), and AVX512-BF16
+    alone is not enough on Intel: on an Intel Xeon with AVX512-BF16 but no AMX a `cpu-small` step was
+    no faster in bf16, mostly slower (up to 1.6x), while the AMD EPYC with AVX512-BF16 ran it in about
+    a third of other EPYCs' fp32 time (`benchmarks/train_speed.py`, docs/performance.md).
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    flags = cpu_flags()
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and cpu_vendor() == "AuthenticAMD")
 
 
 def resolve_amp(config: Config, device: torch.device) -> bool:

@@ -162,10 +162,10 @@ def run_preprocessing(state: dict, checkpoint: Path) -> Preprocessing:
 
 
 def inference_amp(requested: bool, device: torch.device) -> bool:
-    """`requested`, switched off (with a warning) where bf16 autocast is emulated and slower than fp32."""
+    """`requested`, switched off (with a warning) where bf16 autocast is slower than fp32 (`fast_bf16`)."""
     if requested and not fast_bf16(device):
-        warnings.warn("--amp: this device has no native bf16 (avx512_bf16/amx); predicting in fp32, which is faster",
-                      stacklevel=2)
+        warnings.warn("--amp: bf16 autocast is slower than fp32 on this device (a CPU with neither AMX "
+                      "nor AMD's AVX512-BF16); predicting in fp32", stacklevel=2)
         return False
     return requested
 
