@@ -1,0 +1,61 @@
+"""Best val Dice per seed of the 7-patient cpu-small runs behind docs/results/2026-12-02-mean-teacher-7: the
+grid's supervised and mean teacher (seeds 0-2) with runs/mt-why/{supervised,mean_teacher}_s* (more seeds), and
+each other arm of runs/mt-why; then each arm paired per val volume against supervised and mean teacher (seeds
+averaged per volume, Wilcoxon signed-rank). Val only. Usage: .venv/bin/python THIS_FILE"""
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import wilcoxon
+
+root = Path(__file__).resolve().parents[3]
+grid, extra = root / "docs/results/acdc-cpu-small/runs", root / "runs/mt-why"
+
+
+def seed_of(run: Path) -> int:
+    return int(run.name.rsplit("_s", 1)[1])
+
+
+arms: dict[str, list[Path]] = {}
+for method in ("supervised", "mean_teacher"):
+    arms[method] = sorted([*grid.glob(f"{method}_l7_s*"), *extra.glob(f"{method}_s*")], key=seed_of)
+for name in sorted({p.name.rsplit("_s", 1)[0] for p in extra.glob("*_s*")} - set(arms)):
+    arms[name] = sorted(extra.glob(f"{name}_s*"), key=seed_of)
+
+
+def best_val(run: Path) -> float | None:
+    """Best val Dice (%) of a finished run, None for one still training."""
+    records = [json.loads(line) for line in open(run / "metrics.jsonl") if '"split": "val"' in line]
+    done = any(r["iteration"] == 3000 for r in records) or (run / "eval_val_best").exists()
+    return 100 * max(r["dice"] for r in records) if records and done else None
+
+
+def volume_dice(runs: list[Path]) -> dict[str, float]:
+    """Val Dice per volume (mean over classes) of the best checkpoint, averaged over the finished seeds."""
+    per_volume = defaultdict(list)
+    for run in runs:
+        if (run / "eval_val_best/cases.csv").exists():
+            for row in csv.DictReader(open(run / "eval_val_best/cases.csv")):
+                per_volume[row["case"]].append(float(row["dice"]))
+    return {case: 100 * float(np.mean(values)) for case, values in per_volume.items()}
+
+
+print("| arm | best val Dice per seed | mean ± std |\n| --- | --- | --- |")
+for name, runs in arms.items():
+    scores = {seed_of(run): best_val(run) for run in runs}
+    done = [v for v in scores.values() if v is not None]
+    cells = ", ".join(f"s{seed} {v:.1f}" for seed, v in scores.items() if v is not None)
+    spread = f"{np.mean(done):.1f} ± {np.std(done, ddof=1) if len(done) > 1 else 0:.1f} ({len(done)} seeds)"
+    print(f"| {name} | {cells} | {spread if done else ''} |")
+
+print("\n| arm | against | mean gain | ahead on | Wilcoxon p |\n| --- | --- | --- | --- | --- |")
+for index, (name, runs) in enumerate(arms.items()):
+    for reference in list(arms)[:min(index, 2)]:
+        ours, theirs = volume_dice(runs), volume_dice(arms[reference])
+        cases = sorted(set(ours) & set(theirs))
+        if cases:
+            gains = np.array([ours[c] - theirs[c] for c in cases])
+            print(f"| {name} | {reference} | {gains.mean():+.1f} | {(gains > 0).sum()}/{len(cases)} | "
+                  f"{wilcoxon(gains).pvalue:.2g} |")
