@@ -2,9 +2,12 @@
 grid's supervised and mean teacher (seeds 0-2) with runs/mt-why/{supervised,mean_teacher}_s* (more seeds), and
 each other arm of runs/mt-why; then each arm against supervised and mean teacher: paired per val volume (seeds
 averaged per volume, Wilcoxon signed-rank), and over seeds (Welch's t-test on the seeds' best val Dice, which
-sees the seed-to-seed spread that the per-volume test averages away). Val only. Usage: .venv/bin/python THIS_FILE"""
+sees the seed-to-seed spread that the per-volume test averages away). Val only.
+Usage: .venv/bin/python THIS_FILE [RUNS] (RUNS: runs/mt-why, where lane.sh trains, or this folder's runs/, a copy
+of them without weights)."""
 import csv
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,7 +15,8 @@ import numpy as np
 from scipy.stats import ttest_ind, wilcoxon
 
 root = Path(__file__).resolve().parents[3]
-grid, extra = root / "docs/results/acdc-cpu-small/runs", root / "runs/mt-why"
+grid = root / "docs/results/acdc-cpu-small/runs"
+extra = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "runs/mt-why"
 
 
 def seed_of(run: Path) -> int:
