@@ -5,7 +5,7 @@
 #   lane.sh consistency0 mean_teacher "0 1 2" mean_teacher.consistency=0  # same data stream and BatchNorm batches
 #   lane.sh consistency1 mean_teacher "0 1 2" mean_teacher.consistency=1  # 10x the SSL4MIS weight
 #   lane.sh supervised supervised "3 4 5"; lane.sh mean_teacher mean_teacher "3 4 5"  # seeds beyond the grid's
-# Then: .venv/bin/python docs/results/2026-12-02-mean-teacher-7/summarise.py
+# Then: .venv/bin/python docs/results/2026-12-02-mean-teacher-7/summarise.py runs/mt-why
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)" || exit 1
 name=$1 method=$2 seeds=$3
 shift 3

@@ -3,8 +3,8 @@ grid's supervised and mean teacher (seeds 0-2) with runs/mt-why/{supervised,mean
 each other arm of runs/mt-why; then each arm against supervised and mean teacher: paired per val volume (seeds
 averaged per volume, Wilcoxon signed-rank), and over seeds (Welch's t-test on the seeds' best val Dice, which
 sees the seed-to-seed spread that the per-volume test averages away). Val only.
-Usage: .venv/bin/python THIS_FILE [RUNS] (RUNS: runs/mt-why, where lane.sh trains, or this folder's runs/, a copy
-of them without weights)."""
+Usage: .venv/bin/python THIS_FILE [RUNS]; RUNS defaults to this folder's runs/ (lane.sh's runs/mt-why without
+weights)."""
 import csv
 import json
 import sys
@@ -16,7 +16,7 @@ from scipy.stats import ttest_ind, wilcoxon
 
 root = Path(__file__).resolve().parents[3]
 grid = root / "docs/results/acdc-cpu-small/runs"
-extra = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "runs/mt-why"
+extra = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "runs"
 
 
 def seed_of(run: Path) -> int:
@@ -59,8 +59,9 @@ for name, runs in arms.items():
 print("\n| arm | against | mean gain per volume | ahead on | Wilcoxon p | Welch p over seeds |\n"
       "| --- | --- | --- | --- | --- | --- |")
 for index, (name, runs) in enumerate(arms.items()):
-    for reference in list(arms)[:min(index, 2)]:
-        ours, theirs = volume_dice(runs), volume_dice(arms[reference])
+    ours = volume_dice(runs)
+    for reference in list(arms)[:min(index, 2)]:  # against supervised and mean teacher, each pair once
+        theirs = volume_dice(arms[reference])
         cases = sorted(set(ours) & set(theirs))
         if cases:
             gains = np.array([ours[c] - theirs[c] for c in cases])
