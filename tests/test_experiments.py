@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from scipy.stats import t as student_t
 from scipy.stats import wilcoxon
 
 import mona.engine.trainer as trainer_module
@@ -160,8 +161,10 @@ def test_paired_table_is_the_volumes_of_both_methods(grid_run):
     ahead = sum(g > 0 for g in gains)
     seed_gains = [np.mean([per_volume[f"mean_teacher_l1_s{s}"][c] - per_volume[f"supervised_l1_s{s}"][c]
                            for c in cases]) for s in (0, 1)]
+    seed_p = 2 * student_t.sf(abs(np.mean(seed_gains) / (np.std(seed_gains, ddof=1) / np.sqrt(2))), df=1)
     seed_gains = " / ".join(f"{100 * g:+.1f}" for g in seed_gains)
     assert cells[3:8] == ["0,1", str(len(cases)), f"{100 * np.mean(gains):+.1f}", seed_gains, f"{ahead}/{len(cases)}"]
+    assert cells[9] == ("-" if np.isnan(seed_p) else f"{seed_p:.2g}"), seed_gains  # "-": the seeds' gains are equal
 
 
 def test_paired_comparison_averages_seeds_per_volume(tmp_path):
@@ -184,7 +187,11 @@ def test_paired_comparison_averages_seeds_per_volume(tmp_path):
     assert result["p_value"] == pytest.approx(wilcoxon(gains).pvalue)
     seed_gains = [(dice[("mona", s)] - dice[("supervised", s)]).mean() for s in (0, 1)]
     assert result["seed_gains"] == pytest.approx(seed_gains)
+    t_statistic = np.mean(seed_gains) / (np.std(seed_gains, ddof=1) / np.sqrt(2))  # one-sample t, 1 degree of freedom
+    assert result["seed_p_value"] == pytest.approx(2 * student_t.sf(abs(t_statistic), df=1))
     assert report_module.paired_comparison(runs, "mona", "supervised", "7") is None
+    one_seed = [r for r in runs if r["seed"] == 0]
+    assert report_module.paired_comparison(one_seed, "mona", "supervised", "3")["seed_p_value"] is None
 
 
 def test_reproduce_cli_skips_finished_runs(grid_run, monkeypatch, capsys):
