@@ -192,6 +192,13 @@ def test_paired_comparison_averages_seeds_per_volume(tmp_path):
     assert report_module.paired_comparison(runs, "mona", "supervised", "7") is None
     one_seed = [r for r in runs if r["seed"] == 0]
     assert report_module.paired_comparison(one_seed, "mona", "supervised", "3")["seed_p_value"] is None
+    for (variant, seed), values in dice.items():  # another evaluation folder (val) with Dice 1 - test's
+        val_dir = tmp_path / f"{variant}_{seed}" / "eval_val_best"
+        val_dir.mkdir()
+        rows = [f"case{c},{k + 1},{1 - values[c, k]}" for c in range(6) for k in range(3)]
+        (val_dir / "cases.csv").write_text("case,class,dice\n" + "\n".join(rows) + "\n")
+    on_val = report_module.paired_comparison(runs, "mona", "supervised", "3", evaluation="eval_val_best")
+    assert on_val["gain"] == pytest.approx(-gains.mean())
 
 
 def test_reproduce_cli_skips_finished_runs(grid_run, monkeypatch, capsys):

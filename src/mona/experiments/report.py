@@ -206,17 +206,19 @@ def markdown(table: Table) -> list[str]:
             "| --- " * len(table.header) + "|", *("| " + " | ".join(row) + " |" for row in table.rows)]
 
 
-def volume_dice(run: dict) -> dict[str, float]:
-    """Test Dice of the `best` checkpoint per volume, averaged over classes (RUN/eval_test_best/cases.csv)."""
+def volume_dice(run: dict, evaluation: str = "eval_test_best") -> dict[str, float]:
+    """Dice per volume, averaged over classes, of one evaluation (RUN/eval_test_best/cases.csv by default)."""
     per_class: dict[str, list[float]] = defaultdict(list)
-    with open(run["dir"] / "eval_test_best" / "cases.csv", newline="") as f:
+    with open(run["dir"] / evaluation / "cases.csv", newline="") as f:
         for row in csv.DictReader(f):
             per_class[row["case"]].append(float(row["dice"]))
     return {case: float(np.mean(values)) for case, values in per_class.items()}
 
 
-def paired_comparison(runs: list[dict], variant: str, reference: str, labeled: str) -> dict | None:
-    """`variant` against `reference` at one budget, volume by volume (best checkpoints).
+def paired_comparison(runs: list[dict], variant: str, reference: str, labeled: str,
+                      evaluation: str = "eval_test_best") -> dict | None:
+    """`variant` against `reference` at one budget, volume by volume (best checkpoints, test split;
+    `evaluation="eval_val_best"` pairs the val volumes instead).
 
     Each volume's Dice is averaged over classes and over the seeds both variants have run; the
     differences of the test volumes give the mean gain, the number of volumes where `variant`
@@ -227,7 +229,7 @@ def paired_comparison(runs: list[dict], variant: str, reference: str, labeled: s
     identical gains). None when the two share no seed.
     """
     def by_seed(name: str) -> dict[int, dict[str, float]]:
-        return {r["seed"]: volume_dice(r) for r in runs if r["variant"] == name and r["labeled"] == labeled}
+        return {r["seed"]: volume_dice(r, evaluation) for r in runs if r["variant"] == name and r["labeled"] == labeled}
 
     ours, theirs = by_seed(variant), by_seed(reference)
     seeds = sorted(ours.keys() & theirs.keys())
