@@ -35,17 +35,17 @@ for run in sorted(runs_dir.glob("*_l*_s*")):
 
 print("| arm | labeled | seed | best val Dice | last | mean 2000-3000 | grid (foreground): best / last / mean |\n"
       "| --- | --- | --- | --- | --- | --- | --- |")
-gains = []
+gains: dict[str, list[float]] = {}
 for ours, theirs in zip(runs[::2], runs[1::2]):
     a, b = val_curve(ours["dir"]), val_curve(theirs["dir"])
     late = [i for i in a if i >= 2000]
     cells = [(max(c.values()), c[3000], np.mean([c[i] for i in late])) for c in (a, b)]
-    gains.append(cells[0][0] - cells[1][0])
+    gains.setdefault(ours["variant"], []).append(cells[0][0] - cells[1][0])
     print(f"| {ours['variant']} | {ours['labeled']} | {ours['seed']} | {cells[0][0]:.1f} | {cells[0][1]:.1f} | "
           f"{cells[0][2]:.1f} | {cells[1][0]:.1f} / {cells[1][1]:.1f} / {cells[1][2]:.1f} |")
-if gains:
-    print(f"\nBest val Dice, arm minus grid, per cell: {', '.join(f'{g:+.1f}' for g in gains)}; "
-          f"mean {np.mean(gains):+.2f}, ahead in {sum(g > 0 for g in gains)} of {len(gains)}")
+for arm, arm_gains in gains.items():
+    print(f"\n{arm}: best val Dice minus the grid's, per cell: {', '.join(f'{g:+.1f}' for g in arm_gains)}; "
+          f"mean {np.mean(arm_gains):+.2f}, ahead in {sum(g > 0 for g in arm_gains)} of {len(arm_gains)}")
 
 print("\n| labeled | arm | seeds | mean gain per val volume | gain per seed | ahead on | Wilcoxon p "
       "| t-test p (seeds) |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
