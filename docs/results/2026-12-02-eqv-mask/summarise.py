@@ -52,6 +52,8 @@ print("\n| labeled | arm | seeds | mean gain per val volume | gain per seed | ah
 for labeled in sorted({r["labeled"] for r in runs}, key=int):
     for arm in sorted({r["variant"] for r in runs} - {"foreground"}):
         result = paired_comparison(runs, arm, "foreground", labeled, evaluation="eval_val_best")
+        if result is None:  # the arm did not run at this budget
+            continue
         p_values = ("-" if p is None else f"{p:.2g}" for p in (result["p_value"], result["seed_p_value"]))
         print(f"| {labeled} | {arm} | {','.join(map(str, result['seeds']))} | {100 * result['gain']:+.1f} | "
               f"{' / '.join(f'{100 * g:+.1f}' for g in result['seed_gains'])} | "
