@@ -1,0 +1,65 @@
+"""Val Dice of cpu-small with a longer stage 2 (docs/results/2026-12-02-schedule): each of lane.sh's runs
+(runs/schedule/NAME_METHOD_lL_sS) against the grid's own run of the same method, budget and seed (3000
+iterations; same stage 1 for MONA). Per cell: best, last, and mean val Dice over the last third of the
+run; per cell and method: paired per val volume (best checkpoints, Wilcoxon) with
+mona.experiments.report.paired_comparison on `eval_val_best`; and MONA's val lead over supervised at
+each schedule. Val only.
+Usage: .venv/bin/python THIS_FILE [RUNS]; RUNS defaults to this folder's runs/ (lane.sh's runs/schedule
+without weights)."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mona.experiments.report import paired_comparison
+
+root = Path(__file__).resolve().parents[3]
+grid = root / "docs/results/acdc-cpu-small/runs"
+runs_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "runs"
+
+
+def val_curve(run: Path) -> dict[int, float]:
+    """The last stage's val Dice (%) by iteration."""
+    metrics = run / "finetune/metrics.jsonl" if (run / "finetune").is_dir() else run / "metrics.jsonl"
+    return {r["iteration"]: 100 * r["dice"] for r in map(json.loads, open(metrics)) if r["split"] == "val"}
+
+
+def summary(curve: dict[int, float]) -> tuple[float, float, float]:
+    """Best, last, and mean over the last third of the run."""
+    end = max(curve)
+    return max(curve.values()), curve[end], float(np.mean([d for i, d in curve.items() if i > 2 * end / 3]))
+
+
+runs = []
+for run in sorted(runs_dir.glob("*_l*_s*")):
+    if not (run / "eval_val_best/cases.csv").exists():  # not finished
+        continue
+    name, rest = run.name.split("_", 1)
+    method, budget = rest.rsplit("_l", 1)
+    labeled, seed = budget.split("_s")
+    cell = {"labeled": labeled, "seed": int(seed), "method": method}
+    runs += [{"variant": f"{method}_{name}", "dir": run, **cell},
+             {"variant": f"{method}_grid", "dir": grid / f"{method}_l{labeled}_s{seed}", **cell}]
+
+print("| method | labeled | seed | iterations | best val Dice | last | mean last third "
+      "| grid (3000): best / last / mean |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+for ours, theirs in zip(runs[::2], runs[1::2]):
+    a, b = val_curve(ours["dir"]), val_curve(theirs["dir"])
+    (best, last, late), (g_best, g_last, g_late) = summary(a), summary(b)
+    print(f"| {ours['method']} | {ours['labeled']} | {ours['seed']} | {max(a)} | {best:.1f} | {last:.1f} "
+          f"| {late:.1f} | {g_best:.1f} / {g_last:.1f} / {g_late:.1f} |")
+
+names = sorted({r["variant"].split("_")[-1] for r in runs} - {"grid"})
+comparisons = [(f"{m}_{n}", f"{m}_grid") for n in names for m in ("mona", "supervised")] + [
+    (f"mona_{n}", f"supervised_{n}") for n in ["grid", *names]]  # each schedule against 3000; MONA's lead
+print("\n| labeled | arm | against | seeds | mean gain per val volume | ahead on | Wilcoxon p |\n"
+      "| --- | --- | --- | --- | --- | --- | --- |")
+for labeled in sorted({r["labeled"] for r in runs}, key=int):
+    for arm, reference in comparisons:
+        result = paired_comparison(runs, arm, reference, labeled, evaluation="eval_val_best")
+        if result is None:  # not both run at this budget
+            continue
+        p_value = "-" if result["p_value"] is None else f"{result['p_value']:.2g}"
+        print(f"| {labeled} | {arm} | {reference} | {','.join(map(str, result['seeds']))} | "
+              f"{100 * result['gain']:+.1f} | {result['ahead']}/{result['volumes']} | {p_value} |")
