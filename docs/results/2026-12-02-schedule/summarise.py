@@ -1,11 +1,11 @@
 """Val Dice of cpu-small with a longer stage 2 (docs/results/2026-12-02-schedule): each of lane.sh's runs
 (runs/schedule/NAME_METHOD_lL_sS) against the grid's own run of the same method, budget and seed (3000
 iterations; same stage 1 for MONA). Per cell: best, last, and mean val Dice over the last third of the
-run; per cell and method: paired per val volume (best checkpoints, Wilcoxon) with
-mona.experiments.report.paired_comparison on `eval_val_best`; and MONA's val lead over supervised at
-each schedule. Val only.
-Usage: .venv/bin/python THIS_FILE [RUNS]; RUNS defaults to this folder's runs/ (lane.sh's runs/schedule
-without weights)."""
+run and its gain over the grid's; per budget and method: paired per val volume (best checkpoints,
+pooled over seeds, Wilcoxon, and each seed's mean gain) with mona.experiments.report.paired_comparison
+on `eval_val_best`; and MONA's val lead over every other method at each schedule. Val only.
+Usage: .venv/bin/python THIS_FILE [RUNS ...]; RUNS defaults to this folder's runs/ (lane.sh's
+runs/schedule without weights); several folders are read together."""
 import json
 import sys
 from pathlib import Path
@@ -16,7 +16,7 @@ from mona.experiments.report import paired_comparison
 
 root = Path(__file__).resolve().parents[3]
 grid = root / "docs/results/acdc-cpu-small/runs"
-runs_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "runs"
+runs_dirs = [Path(a) for a in sys.argv[1:]] or [Path(__file__).parent / "runs"]
 
 
 def val_curve(run: Path) -> dict[int, float]:
@@ -32,7 +32,7 @@ def summary(curve: dict[int, float]) -> tuple[float, float, float]:
 
 
 runs = []
-for run in sorted(runs_dir.glob("*_l*_s*")):
+for run in sorted(r for d in runs_dirs for r in d.glob("*_l*_s*")):
     if not (run / "eval_val_best/cases.csv").exists():  # not finished
         continue
     name, rest = run.name.split("_", 1)
@@ -43,18 +43,25 @@ for run in sorted(runs_dir.glob("*_l*_s*")):
              {"variant": f"{method}_grid", "dir": grid / f"{method}_l{labeled}_s{seed}", **cell}]
 
 print("| method | labeled | seed | iterations | best val Dice | last | mean last third "
-      "| grid (3000): best / last / mean |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
+      "| grid (3000): best / last / mean | late-third gain |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+late_gains: dict[tuple[str, str], list[float]] = {}
 for ours, theirs in zip(runs[::2], runs[1::2]):
     a, b = val_curve(ours["dir"]), val_curve(theirs["dir"])
     (best, last, late), (g_best, g_last, g_late) = summary(a), summary(b)
+    late_gains.setdefault((ours["method"], ours["labeled"]), []).append(late - g_late)
     print(f"| {ours['method']} | {ours['labeled']} | {ours['seed']} | {max(a)} | {best:.1f} | {last:.1f} "
-          f"| {late:.1f} | {g_best:.1f} / {g_last:.1f} / {g_late:.1f} |")
+          f"| {late:.1f} | {g_best:.1f} / {g_last:.1f} / {g_late:.1f} | {late - g_late:+.1f} |")
 
-names = sorted({r["variant"].split("_")[-1] for r in runs} - {"grid"})
-comparisons = [(f"{m}_{n}", f"{m}_grid") for n in names for m in ("mona", "supervised")] + [
-    (f"mona_{n}", f"supervised_{n}") for n in ["grid", *names]]  # each schedule against 3000; MONA's lead
-print("\n| labeled | arm | against | seeds | mean gain per val volume | ahead on | Wilcoxon p |\n"
-      "| --- | --- | --- | --- | --- | --- | --- |")
+print("\n| method | labeled | seeds | late-third gain, mean (min) |\n| --- | --- | --- | --- |")
+for (method, labeled), gains in sorted(late_gains.items(), key=lambda item: int(item[0][1])):
+    print(f"| {method} | {labeled} | {len(gains)} | {np.mean(gains):+.1f} ({min(gains):+.1f}) |")
+
+names = sorted({r["variant"].rsplit("_", 1)[1] for r in runs} - {"grid"})
+methods = sorted({r["method"] for r in runs}, key=lambda m: m != "mona")  # MONA first
+comparisons = [(f"{m}_{n}", f"{m}_grid") for n in names for m in methods] + [
+    (f"mona_{n}", f"{m}_{n}") for n in ["grid", *names] for m in methods[1:]]  # each schedule against 3000; MONA's lead
+print("\n| labeled | arm | against | seeds | mean gain per val volume | each seed's gain | ahead on | Wilcoxon p |\n"
+      "| --- | --- | --- | --- | --- | --- | --- | --- |")
 for labeled in sorted({r["labeled"] for r in runs}, key=int):
     for arm, reference in comparisons:
         result = paired_comparison(runs, arm, reference, labeled, evaluation="eval_val_best")
@@ -62,4 +69,5 @@ for labeled in sorted({r["labeled"] for r in runs}, key=int):
             continue
         p_value = "-" if result["p_value"] is None else f"{result['p_value']:.2g}"
         print(f"| {labeled} | {arm} | {reference} | {','.join(map(str, result['seeds']))} | "
-              f"{100 * result['gain']:+.1f} | {result['ahead']}/{result['volumes']} | {p_value} |")
+              f"{100 * result['gain']:+.1f} | {' '.join(f'{100 * g:+.1f}' for g in result['seed_gains'])} | "
+              f"{result['ahead']}/{result['volumes']} | {p_value} |")
