@@ -32,7 +32,7 @@ def summary(curve: dict[int, float]) -> tuple[float, float, float]:
 
 
 runs = []
-for run in sorted(r for d in runs_dirs for r in d.glob("*_l*_s*")):
+for run in sorted((r for d in runs_dirs for r in d.glob("*_l*_s*")), key=lambda r: r.name):
     if not (run / "eval_val_best/cases.csv").exists():  # not finished
         continue
     name, rest = run.name.split("_", 1)
