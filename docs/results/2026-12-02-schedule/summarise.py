@@ -1,16 +1,19 @@
-"""Val Dice of cpu-small with a longer stage 2 (docs/results/2026-12-02-schedule): each of lane.sh's runs
-(runs/schedule/NAME_METHOD_lL_sS) against the grid's own run of the same method, budget and seed (3000
-iterations; same stage 1 for MONA). Per cell: best, last, and mean val Dice over the last third of the
-run and its gain over the grid's; per budget and method: paired per val volume (best checkpoints,
-pooled over seeds, Wilcoxon, and each seed's mean gain) with mona.experiments.report.paired_comparison
-on `eval_val_best`; and MONA's val lead over every other method at each schedule. Val only.
-Usage: .venv/bin/python THIS_FILE [RUNS ...]; RUNS defaults to this folder's runs/ (lane.sh's
-runs/schedule without weights); several folders are read together."""
+"""Val Dice of cpu-small with a longer schedule (docs/results/2026-12-02-schedule and 2026-12-06-schedule-seeds):
+each run (lane.sh's runs/schedule/NAME_METHOD_lL_sS, or a grid's METHOD_lL_sS) against the 3000-iteration
+grid's run of the same method, budget and seed (same stage 1 for MONA). Per cell: best, last, and mean val
+Dice over the last third of the run, and that mean's gain over the grid's; per budget and method: paired per
+val volume (best checkpoints, pooled over seeds, Wilcoxon, and each seed's mean gain) with
+mona.experiments.report.paired_comparison on `eval_val_best`; and MONA's val lead over every other method
+at each schedule. A run is labelled by its iterations. Val only.
+Usage: .venv/bin/python THIS_FILE [RUNS ...]; RUNS defaults to this folder's runs/ (lane.sh's runs/schedule
+without weights); several folders are read together."""
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from mona.experiments.report import paired_comparison
 
@@ -32,12 +35,11 @@ def summary(curve: dict[int, float]) -> tuple[float, float, float]:
 
 
 runs = []
-for run in sorted((r for d in runs_dirs for r in d.glob("*_l*_s*")), key=lambda r: r.name):
+for run in sorted((r for d in runs_dirs for r in d.glob("*_l*_s*")), key=lambda r: re.sub(r"^it\d+_", "", r.name)):
     if not (run / "eval_val_best/cases.csv").exists():  # not finished
         continue
-    name, rest = run.name.split("_", 1)
-    method, budget = rest.rsplit("_l", 1)
-    labeled, seed = budget.split("_s")
+    method, labeled, seed = re.fullmatch(r"(?:\w+?_)?(supervised|mean_teacher|mona)_l(\w+)_s(\d+)", run.name).groups()
+    name = f"it{yaml.safe_load((run / 'config.yaml').read_text())['train']['iterations']}"
     cell = {"labeled": labeled, "seed": int(seed), "method": method}
     runs += [{"variant": f"{method}_{name}", "dir": run, **cell},
              {"variant": f"{method}_grid", "dir": grid / f"{method}_l{labeled}_s{seed}", **cell}]
