@@ -34,6 +34,11 @@ def summary(curve: dict[int, float]) -> tuple[float, float, float]:
     return max(curve.values()), curve[end], float(np.mean([d for i, d in curve.items() if i > 2 * end / 3]))
 
 
+def budget_order(labeled: str) -> float:
+    """Labeled budgets in order, `all` last."""
+    return float("inf") if labeled == "all" else int(labeled)
+
+
 runs = []
 for run in sorted((r for d in runs_dirs for r in d.glob("*_l*_s*")), key=lambda r: re.sub(r"^it\d+_", "", r.name)):
     if not (run / "eval_val_best/cases.csv").exists():  # not finished
@@ -55,16 +60,16 @@ for ours, theirs in zip(runs[::2], runs[1::2]):
           f"| {late:.1f} | {g_best:.1f} / {g_last:.1f} / {g_late:.1f} | {late - g_late:+.1f} |")
 
 print("\n| method | labeled | seeds | late-third gain, mean (min) |\n| --- | --- | --- | --- |")
-for (method, labeled), gains in sorted(late_gains.items(), key=lambda item: int(item[0][1])):
+for (method, labeled), gains in sorted(late_gains.items(), key=lambda item: budget_order(item[0][1])):
     print(f"| {method} | {labeled} | {len(gains)} | {np.mean(gains):+.1f} ({min(gains):+.1f}) |")
 
 names = sorted({r["variant"].rsplit("_", 1)[1] for r in runs} - {"grid"})
-methods = sorted({r["method"] for r in runs}, key=lambda m: m != "mona")  # MONA first
+methods = sorted({r["method"] for r in runs}, key=lambda m: (m != "mona", m))  # MONA first
 comparisons = [(f"{m}_{n}", f"{m}_grid") for n in names for m in methods] + [
     (f"mona_{n}", f"{m}_{n}") for n in ["grid", *names] for m in methods[1:]]  # each schedule against 3000; MONA's lead
 print("\n| labeled | arm | against | seeds | mean gain per val volume | each seed's gain | ahead on | Wilcoxon p |\n"
       "| --- | --- | --- | --- | --- | --- | --- | --- |")
-for labeled in sorted({r["labeled"] for r in runs}, key=int):
+for labeled in sorted({r["labeled"] for r in runs}, key=budget_order):
     for arm, reference in comparisons:
         result = paired_comparison(runs, arm, reference, labeled, evaluation="eval_val_best")
         if result is None:  # not both run at this budget
