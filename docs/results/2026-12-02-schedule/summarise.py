@@ -39,20 +39,22 @@ def budget_order(labeled: str) -> float:
     return float("inf") if labeled == "all" else int(labeled)
 
 
-runs = []
+pairs = []
 for run in sorted((r for d in runs_dirs for r in d.glob("*_l*_s*")), key=lambda r: re.sub(r"^it\d+_", "", r.name)):
     if not (run / "eval_val_best/cases.csv").exists():  # not finished
         continue
     method, labeled, seed = re.fullmatch(r"(?:\w+?_)?(supervised|mean_teacher|mona)_l(\w+)_s(\d+)", run.name).groups()
     name = f"it{yaml.safe_load((run / 'config.yaml').read_text())['train']['iterations']}"
     cell = {"labeled": labeled, "seed": int(seed), "method": method}
-    runs += [{"variant": f"{method}_{name}", "dir": run, **cell},
-             {"variant": f"{method}_grid", "dir": grid / f"{method}_l{labeled}_s{seed}", **cell}]
+    pairs.append(({"variant": f"{method}_{name}", "dir": run, **cell},
+                  {"variant": f"{method}_grid", "dir": grid / f"{method}_l{labeled}_s{seed}", **cell}))
+# per-volume val scores; the grid's restored seed-0 1-patient runs have none
+runs = [r for pair in pairs for r in pair if (r["dir"] / "eval_val_best/cases.csv").exists()]
 
 print("| method | labeled | seed | iterations | best val Dice | last | mean last third "
       "| grid (3000): best / last / mean | late-third gain |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 late_gains: dict[tuple[str, str], list[float]] = {}
-for ours, theirs in zip(runs[::2], runs[1::2]):
+for ours, theirs in pairs:
     a, b = val_curve(ours["dir"]), val_curve(theirs["dir"])
     (best, last, late), (g_best, g_last, g_late) = summary(a), summary(b)
     late_gains.setdefault((ours["method"], ours["labeled"]), []).append(late - g_late)
