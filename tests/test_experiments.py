@@ -213,6 +213,9 @@ def test_reproduce_cli_skips_finished_runs(grid_run, monkeypatch, capsys):
     assert (out / "report.md").is_file() and f"6 runs in {out}/runs" in capsys.readouterr().out
     assert main([*args, "--no-upper-bound"]) == 0
     assert f"4 runs in {out}/runs" in capsys.readouterr().out
+    (out / "report.md").unlink()
+    assert main([*args, "--no-report"]) == 0
+    assert not (out / "report.md").exists() and "report:" not in capsys.readouterr().out
 
 
 def test_a_run_another_process_trains_is_skipped_then_finished_later(tmp_path, capsys):

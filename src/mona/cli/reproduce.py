@@ -14,7 +14,8 @@ last checkpoint. Processes started on the same OUT share it out: each skips the 
 training (their .lock), so on a 2-core CPU two runs go side by side, one thread each, with
 `OMP_NUM_THREADS=1 mona reproduce ... &` started twice. The report is OUT/report.md (tables,
 paper numbers for ACDC, a paired per-volume comparison of the methods with a Wilcoxon test,
-figures) and OUT/results.csv; `mona report OUT` rebuilds them (each process writes it when it ends).
+figures) and OUT/results.csv; `mona report OUT` rebuilds them (each process writes it when it ends,
+unless --no-report: a grid still under way can then be trained without its test figures in view).
 
 Protocols (presets):
   cpu-small  for 2 CPU cores: 128x128 slices, 4 labeled + 4 unlabeled per batch, bf16
@@ -52,6 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablate", metavar="N", help="add MONA ablations at N labeled patients")
     parser.add_argument("--no-upper-bound", action="store_true",
                         help="leave out the fully supervised runs (supervised_lall_s<seed>)")
+    parser.add_argument("--no-report", action="store_true",
+                        help="train and score the runs but write no report (later: mona report OUT)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
 
 
@@ -68,5 +71,6 @@ def run(args: argparse.Namespace) -> int:
                  upper_bound=not args.no_upper_bound)
     print(f"{len(specs)} runs in {args.out}/runs")
     run_grid(args.data, specs, args.protocol, args.out, args.overrides)
-    print(f"report: {build_report(args.out)}")
+    if not args.no_report:
+        print(f"report: {build_report(args.out)}")
     return 0
