@@ -6,7 +6,8 @@ val volume (best checkpoints, pooled over seeds, Wilcoxon, and each seed's mean 
 mona.experiments.report.paired_comparison on `eval_val_best`; and MONA's val lead over every other method
 at each schedule. A run is labelled by its iterations. Val only.
 Usage: .venv/bin/python THIS_FILE [RUNS ...]; RUNS defaults to this folder's runs/ (lane.sh's runs/schedule
-without weights); several folders are read together."""
+without weights); several folders are read together, and where two hold a run of the same method, budget, seed
+and iterations the first folder's is used (the others are listed at the end)."""
 import json
 import re
 import sys
@@ -39,12 +40,17 @@ def budget_order(labeled: str) -> float:
     return float("inf") if labeled == "all" else int(labeled)
 
 
-pairs = []
-for run in sorted((r for d in runs_dirs for r in d.glob("*_l*_s*")), key=lambda r: re.sub(r"^it\d+_", "", r.name)):
+pairs, seen, left_out = [], set(), []
+for run in sorted((r for d in runs_dirs for r in sorted(d.glob("*_l*_s*"))),
+                  key=lambda r: re.sub(r"^it\d+_", "", r.name)):  # stable: within a cell, folders in the order given
     if not (run / "eval_val_best/cases.csv").exists():  # not finished
         continue
     method, labeled, seed = re.fullmatch(r"(?:\w+?_)?(supervised|mean_teacher|mona)_l(\w+)_s(\d+)", run.name).groups()
     name = f"it{yaml.safe_load((run / 'config.yaml').read_text())['train']['iterations']}"
+    if (method, labeled, seed, name) in seen:
+        left_out.append(run)
+        continue
+    seen.add((method, labeled, seed, name))
     cell = {"labeled": labeled, "seed": int(seed), "method": method}
     pairs.append(({"variant": f"{method}_{name}", "dir": run, **cell},
                   {"variant": f"{method}_grid", "dir": grid / f"{method}_l{labeled}_s{seed}", **cell}))
@@ -80,3 +86,5 @@ for labeled in sorted({r["labeled"] for r in runs}, key=budget_order):
         print(f"| {labeled} | {arm} | {reference} | {','.join(map(str, result['seeds']))} | "
               f"{100 * result['gain']:+.1f} | {' '.join(f'{100 * g:+.1f}' for g in result['seed_gains'])} | "
               f"{result['ahead']}/{result['volumes']} | {p_value} |")
+if left_out:
+    print("\nLeft out (a run of the same cell came first): " + ", ".join(str(r) for r in left_out))
