@@ -41,8 +41,8 @@ def budget_order(labeled: str) -> float:
 
 
 pairs, seen, left_out = [], set(), []
-for run in sorted((r for d in runs_dirs for r in sorted(d.glob("*_l*_s*"))),
-                  key=lambda r: re.sub(r"^it\d+_", "", r.name)):  # stable: within a cell, folders in the order given
+# sorted is stable: within a cell, the folders in the order given
+for run in sorted((r for d in runs_dirs for r in d.glob("*_l*_s*")), key=lambda r: re.sub(r"^it\d+_", "", r.name)):
     if not (run / "eval_val_best/cases.csv").exists():  # not finished
         continue
     method, labeled, seed = re.fullmatch(r"(?:\w+?_)?(supervised|mean_teacher|mona)_l(\w+)_s(\d+)", run.name).groups()
