@@ -14,7 +14,7 @@ def test_cpu_small_preset():
     config = load_config(["cpu-small"])
     assert config.data.image_size == 128
     assert (config.data.batch_labeled, config.data.batch_unlabeled) == (4, 4)
-    assert config.train.iterations == 3000 and config.train.amp is True
+    assert config.train.iterations == 6000 and config.train.amp is True
     assert config.mona.pretrain_iterations == 1000  # the issue allows up to 2000; every real run used 1000
 
 
@@ -35,7 +35,7 @@ def test_demo_preset():
 
 def test_presets_apply_in_order_then_overrides():
     config = load_config(["paper", "cpu-small"], ["data.image_size=64"])
-    assert config.train.iterations == 3000  # cpu-small after paper
+    assert config.train.iterations == 6000  # cpu-small after paper
     assert config.train.val_every == 200
     assert config.data.image_size == 64  # the override comes last
 

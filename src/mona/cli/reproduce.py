@@ -19,13 +19,13 @@ unless --no-report: a grid still under way can then be trained without its test 
 
 Protocols (presets):
   cpu-small  for 2 CPU cores: 128x128 slices, 4 labeled + 4 unlabeled per batch, bf16
-             autocast, 3000 iterations with validation every 200 (MONA: 1000 pre-training
-             + 3000 fine-tuning, pixel embeddings at 1/4 resolution). With two runs side
-             by side on 2 cores, a run takes: supervised ~10 min, mean teacher ~25, MONA
-             ~8 + 50 on an AMD CPU with AVX512-BF16 (bf16); ~26 min, ~65 and ~3.3 h on
-             an AVX2-only CPU (fp32); MONA ~17 + 120 in bf16 on an Intel Xeon without
-             AMX (mona now trains in fp32 there, which was faster). The full 3 x 3 x 3
-             grid is a day's or days' work; the numbers are far below the paper's.
+             autocast, 6000 iterations with validation every 200 (MONA: 1000 pre-training
+             + 6000 fine-tuning, pixel embeddings at 1/4 resolution). With two runs side
+             by side on 2 cores, one thread each, a run takes: supervised 9-13 min, mean
+             teacher 19-29, MONA 68-89 on a CPU with native bf16 (Intel Xeon with AMX,
+             AMD Zen 5); at 3000 iterations an AVX2-only CPU (fp32) took 2.5-3.5x as
+             long as an AVX512-BF16 one. The full 3 x 3 x 3 grid is days' work; the
+             numbers are far below the paper's.
   paper      MONA_SPEC's protocol: 256x256, 12 + 12 per batch (MONA 3+3 then 4+4),
              30000 iterations per stage; for a GPU.
 Extra key=value overrides apply to every run (e.g. train.iterations=1000 train.device=cuda).
