@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import ttest_ind, wilcoxon
 
 root = Path(__file__).resolve().parents[3]
-grid = root / "docs/results/acdc-cpu-small/runs"
+grid = root / "docs/results/2026-12-02-acdc-cpu-small-3000/runs"
 extra = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "runs"
 
 

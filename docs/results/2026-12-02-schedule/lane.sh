@@ -3,7 +3,7 @@
 # runs/schedule/NAME_METHOD_lLABELED_sSEED; a run folder that exists is resumed (a finished one is skipped).
 # Usage: lane.sh NAME METHOD "LABELED:SEED ..." [KEY=VALUE ...]
 #   lane.sh it6000 mona "3:0" train.iterations=6000
-# The 3000-iteration reference is the grid's own runs (docs/results/acdc-cpu-small/runs).
+# The 3000-iteration reference is the grid's own runs (docs/results/2026-12-02-acdc-cpu-small-3000/runs).
 # Then: .venv/bin/python docs/results/2026-12-02-schedule/summarise.py
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)" || exit 1
 name=$1 method=$2 cells=$3

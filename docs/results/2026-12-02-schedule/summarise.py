@@ -19,7 +19,7 @@ import yaml
 from mona.experiments.report import paired_comparison
 
 root = Path(__file__).resolve().parents[3]
-grid = root / "docs/results/acdc-cpu-small/runs"
+grid = root / "docs/results/2026-12-02-acdc-cpu-small-3000/runs"
 runs_dirs = [Path(a) for a in sys.argv[1:]] or [Path(__file__).parent / "runs"]
 
 

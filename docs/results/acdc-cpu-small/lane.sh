@@ -3,7 +3,7 @@
 # then the whole grid, with no report (its test figures stay out of view until `mona report` once the grid is complete).
 # Runs another lane holds (.lock) are skipped; stops at the first non-zero exit (Ctrl-C included).
 # GRID (default runs/grid-cpu-small) is the grid folder; OVERRIDES (default none) are key=value settings for every run,
-# e.g. GRID=runs/grid-cpu-small-6000 OVERRIDES=train.iterations=6000 for docs/results/acdc-cpu-small-6000.
+# e.g. GRID=runs/grid-cpu-small-3000 OVERRIDES=train.iterations=3000 for docs/results/2026-12-02-acdc-cpu-small-3000.
 cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)" || exit 1
 for subset in "$@" "--methods supervised,mean_teacher,mona --labeled 1,3,7 --seeds 0,1,2"; do
   echo "=== $(date -u +%FT%TZ) lane: $subset"

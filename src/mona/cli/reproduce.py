@@ -24,8 +24,8 @@ Protocols (presets):
              by side on 2 cores, one thread each, a run takes: supervised 9-13 min, mean
              teacher 19-29, MONA 68-89 on a CPU with native bf16 (Intel Xeon with AMX,
              AMD Zen 5); at 3000 iterations an AVX2-only CPU (fp32) took 2.5-3.5x as
-             long as an AVX512-BF16 one. The full 3 x 3 x 3 grid is days' work; the
-             numbers are far below the paper's.
+             long as an AVX512-BF16 one. The full 3 x 3 x 3 grid is 16 h of training
+             (8 h in two lanes); MONA's Dice is 2-5 points under the paper's.
   paper      MONA_SPEC's protocol: 256x256, 12 + 12 per batch (MONA 3+3 then 4+4),
              30000 iterations per stage; for a GPU.
 Extra key=value overrides apply to every run (e.g. train.iterations=1000 train.device=cuda).
