@@ -243,3 +243,19 @@ def test_demo(tmp_path, capsys):
     assert page.count('<input type="range"') == 2  # one slider per test volume (1 test patient, 2 frames)
     assert all(f"<figcaption>{m}</figcaption>" in page for m in ("image", "truth", "supervised", "mona"))
     assert "<td>mean_teacher</td>" in page and "learning curves" in page and "http" not in page
+
+
+@pytest.mark.parametrize("classes, line", [([3], "LV keeps only its largest connected component"),
+                                           ([1, 3], "RV, LV keep only their largest connected component")])
+def test_the_postprocessing_line_agrees_with_its_classes(tmp_path, monkeypatch, classes, line):
+    """#46.11: one class "keeps only its", several "keep only their" largest connected component."""
+    from mona.engine import run as run_module
+
+    def choose(run_dir, *args, **kwargs):
+        choice = {"largest_component": classes, "val_dice": {"1": [0.5, 0.6]}}
+        (run_dir / "postprocessing.json").write_text(json.dumps(choice))
+
+    monkeypatch.setattr(run_module, "evaluate_run", choose)
+    said = []
+    run_module._choose_postprocessing(tmp_path, torch.device("cpu"), said.append, ["background", "RV", "Myo", "LV"])
+    assert said == [f"postprocessing chosen on val: {line}", "  val Dice raw -> largest component: RV 50.0 -> 60.0"]

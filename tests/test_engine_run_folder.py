@@ -256,3 +256,38 @@ def test_a_run_saved_before_a_key_existed_resumes_as_it_ran(tmp_path):
     config = resume_config(run)
     for dotted, earlier in ADDED_KEYS.items():
         assert getattr(config.mona, dotted.split(".")[1]) == earlier
+
+
+def test_a_saved_run_config_replays_the_keys_it_predates(phantom, tmp_path):
+    """#46.12: `mona train --config RUN/config.yaml` reads an archived run's config as `--resume` does:
+    the keys added after it trained take the values it trained with, not today's defaults."""
+    from mona.config import ADDED_KEYS
+
+    published = PUBLISHED_GRID_RUNS / "mona_l7_s0" / "config.yaml"
+    out = tmp_path / "replay"
+    assert main(["train", "--config", str(published), "--data", str(phantom), "--out", str(out), "--method",
+                 "supervised", "--labeled", "1", "--iterations", "1", "train.val_every=1", *TINY]) == 0
+    replayed = yaml.safe_load((out / "config.yaml").read_text())
+    assert {key: replayed["mona"][key.split(".")[1]] for key in ADDED_KEYS} == ADDED_KEYS
+    assert replayed["mona"]["rampup"] == 0.2 and replayed["train"]["amp"] is True  # the archived values
+
+
+def test_init_from_is_refused_for_a_method_that_ignores_it(phantom, tmp_path, capsys):
+    """#46.6: only MONA reads mona.init_from; another method is refused before any folder is made."""
+    out = tmp_path / "run"
+    assert main(train_args(phantom, out, f"mona.init_from={tmp_path}", method="supervised")) == 2
+    assert error_line(capsys) == ("mona train: error: mona.init_from starts MONA's stage 2 from another run; method "
+                                  "supervised does not read it: remove mona.init_from")
+    assert not out.exists()
+
+
+def test_the_python_api_is_told_its_own_way_to_continue_or_replace(finished_run, phantom):
+    """#46.11: `mona.train` into a used folder names its keywords, not only the command's flags."""
+    import mona
+
+    config = mona.load_config([], [f"data.root={phantom}", f"out={finished_run}", "train.device=cpu"])
+    with pytest.raises(mona.MonaError) as info:
+        mona.train(config)
+    assert str(info.value) == (f"{finished_run}: the run folder is not empty: continue it with --resume (Python: "
+                               "mona.train(config, resume=True)), replace it with --overwrite (overwrite=True; "
+                               "deletes the earlier run's checkpoints and logs), or choose another --out (config.out)")

@@ -231,3 +231,77 @@ def test_balanced_eqv_weighs_each_class_alike(monkeypatch):
             confident_mask = seen["mask"]
     assert torch.equal(seen["mask"], confident_mask)  # the same pixels, the same warp
     assert set(seen["classes"][seen["mask"]].unique().tolist()) == {0, 2}  # the warped labels, per pixel
+
+
+CLI_TINY = ["--device", "cpu", "--no-progress", "--labeled", "1", "--iterations", "2", "mona.pretrain_iterations=2",
+            "train.val_every=1", "data.image_size=32", "train.channels_last=false", "mona.pretrain_batch_labeled=2",
+            "mona.pretrain_batch_unlabeled=2", "mona.finetune_batch_labeled=2", "mona.finetune_batch_unlabeled=2",
+            "mona.patch_size=16", "mona.patch_stride=8", "mona.num_queries=16", "mona.num_negatives=16",
+            "mona.bank_size=256", "mona.background_bank_size=256"]
+
+
+def cli_train(phantom, run, *extra):
+    from mona.cli.main import main
+
+    return main(["train", "--data", str(phantom), "--out", str(run), "--method", "mona", *CLI_TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def cli_run(phantom, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli-mona") / "run"
+    assert cli_train(phantom, run) == 0
+    return run
+
+
+def test_the_run_says_what_each_stage_trains_and_what_its_val_scores(cli_run):
+    """#46.4 and #46.8: --iterations sets stage 2; stage 1 runs mona.pretrain_iterations, and the run says so.
+    Stage 1's val Dice is its student's segmentation of the val volumes: scoring pretrain/best.pt gives it."""
+    log = (cli_run / "train.log").read_text()
+    assert ("stages: pretrain 2 iterations, then finetune 2 iterations; each stage's val Dice scores its student's "
+            "segmentation of the val volumes (0 while it predicts only background)") in log
+    best = torch.load(cli_run / "pretrain" / "best.pt", weights_only=True)["metrics"]["best"]
+    scored = evaluate_run(cli_run, "val", str(cli_run / "pretrain" / "best.pt"), "cpu")
+    assert scored["iteration"] == best["iteration"] and scored["mean"]["dice"] == pytest.approx(best["dice"])
+
+
+def test_iterations_help_says_it_sets_stage_two(capsys):
+    from mona.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split()).replace("cpu- small", "cpu-small")  # argparse wraps at "-"
+    assert ("--iterations N training iterations (train.iterations); MONA: of stage 2 only, stage 1 runs "
+            "mona.pretrain_iterations (cpu-small: 1000; 0 = as many as stage 2)") in text
+
+
+def test_a_resumed_run_records_its_new_stage_lengths(cli_run, tmp_path):
+    """#46.4: `--resume RUN mona.pretrain_iterations=3` trains stage 1 on to 3, and stages.json says 3."""
+    import shutil
+
+    from mona.engine.run_folder import read_stages
+
+    run = shutil.copytree(cli_run, tmp_path / "run")
+    assert read_stages(run) == [{"name": "pretrain", "iterations": 2}, {"name": "finetune", "iterations": 2}]
+    from mona.cli.main import main
+
+    assert main(["train", "--resume", str(run), "mona.pretrain_iterations=3", "--no-progress"]) == 0
+    assert read_stages(run) == [{"name": "pretrain", "iterations": 3}, {"name": "finetune", "iterations": 2}]
+    assert torch.load(run / "pretrain" / "last.pt", weights_only=True)["iteration"] == 3
+
+
+def test_a_better_earlier_stage_is_named_at_the_end(phantom, tmp_path, monkeypatch):
+    """#46.7: when stage 1's best val Dice is above stage 2's, the end of training says so and how to use it."""
+    from mona.engine import trainer
+
+    def validate(method, volumes, config, device, amp):
+        return {"dice": 0.785 if method.name == "mona_pretrain" else 0.645}
+
+    monkeypatch.setattr(trainer, "validate", validate)
+    run = tmp_path / "run"
+    assert cli_train(phantom, run) == 0
+    lines = (run / "train.log").read_text().splitlines()
+    done = next(i for i, line in enumerate(lines) if " done: " in line)
+    assert lines[done + 1].split(" ", 2)[2] == (
+        "note: stage pretrain's best val Dice 0.7850 (iteration 1) is above stage finetune's 0.6450; predict and "
+        f"evaluate use finetune/best.pt, the last stage's; for stage pretrain's: mona predict --checkpoint "
+        f"{run / 'pretrain' / 'best.pt'}")

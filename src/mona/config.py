@@ -1,7 +1,9 @@
 """One config system: typed dataclasses, YAML presets and `key.sub=value` overrides.
 
 A run's resolved config is written to `config.yaml` in its folder and stored in every
-checkpoint, so `mona train --config RUN/config.yaml` and `--resume RUN` replay it exactly.
+checkpoint, so `mona train --config RUN/config.yaml` and `--resume RUN` replay it exactly: a
+saved run config (a YAML file with every section and `method` and `out`) that predates a key
+of `ADDED_KEYS` is read with the value that run trained with, as `--resume` reads it.
 """
 
 from __future__ import annotations
@@ -189,11 +191,24 @@ def _parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
+# The top-level keys every saved run config holds (`save_config` writes them all): a YAML file with all
+# of them is an archived run's config, whose missing `ADDED_KEYS` take the values it trained with.
+SAVED_CONFIG_KEYS = ("method", "out", "data", "optim", "train", "mean_teacher", "mona")
+
+
+def is_saved_config(values: dict[str, Any]) -> bool:
+    """Whether a YAML mapping is a run's saved `config.yaml` (`SAVED_CONFIG_KEYS`), not a preset or a user's file."""
+    return all(key in values for key in SAVED_CONFIG_KEYS) and all(
+        isinstance(values[key], dict) for key in SAVED_CONFIG_KEYS[2:])
+
+
 def load_config(sources: list[str | Path] = (), overrides: list[str] = (), base: Config | None = None) -> Config:
-    """Build a Config: defaults (or `base`), then each preset/file in order, then overrides."""
+    """Build a Config: defaults (or `base`), then each preset/file in order, then overrides. A
+    source that is a saved run config is read as it ran (`is_saved_config`, `with_added_keys`)."""
     config = base if base is not None else Config()
     for source in sources:
-        _apply(config, _read_yaml(source))
+        values = _read_yaml(source)
+        _apply(config, with_added_keys(values) if is_saved_config(values) else values)
     for text in overrides:
         _apply(config, _parse_override(text))
     validate(config)
@@ -282,6 +297,9 @@ def validate(config: Config) -> None:
 
     if config.method not in METHODS:
         raise MonaError(f"unknown method {config.method!r} ({', '.join(METHODS)})")
+    if config.mona.init_from and config.method != "mona":
+        raise MonaError(f"mona.init_from starts MONA's stage 2 from another run; method {config.method} does not "
+                        "read it: remove mona.init_from")
     for key, allowed in CHOICES.items():
         if config_value(config, key) not in allowed:
             raise MonaError(f"{key} must be one of {', '.join(allowed)}, not {config_value(config, key)!r}")

@@ -12,6 +12,11 @@ which may stand anywhere on the line. The resolved config is saved as RUN/config
 (absolute paths); RUN/best.pt is the best checkpoint on the val split, RUN/last.pt the
 latest (MONA: in RUN/pretrain and RUN/finetune), RUN/train.log what the console showed.
 
+MONA trains two stages: --iterations (train.iterations) sets stage 2's iterations, and
+stage 1 runs mona.pretrain_iterations (the cpu-small preset: 1000, paper: 30000; 0 = as many
+as stage 2), e.g. `--iterations 120 mona.pretrain_iterations=20`. The run says both when it
+starts and records them in RUN/stages.json.
+
 A run folder belongs to one run: a new run needs an empty --out (or --overwrite, which
 deletes the earlier run there), and a second process on a folder in use is refused.
 Ctrl-C finishes the current step, saves last.pt and exits 130; --resume RUN continues it
@@ -42,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help=f"YAML file or preset ({', '.join(preset_names())}); may repeat")
     parser.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<method>_<labeled>)")
-    parser.add_argument("--iterations", type=int, help="training iterations (train.iterations)")
+    parser.add_argument("--iterations", type=int, metavar="N",
+                        help="training iterations (train.iterations); MONA: of stage 2 only, stage 1 runs "
+                        "mona.pretrain_iterations (cpu-small: 1000; 0 = as many as stage 2)")
     parser.add_argument("--seed", type=int, help="random seed (train.seed)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="training device (train.device)")
     parser.add_argument("--amp", action="store_true", default=None, help="bf16 autocast (train.amp)")

@@ -152,16 +152,20 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, continu
                 if config.train.amp and not resolve_amp(config, device):
                     say("note: train.amp: bf16 autocast is slower than fp32 on this CPU (it has neither AMX "
                         "nor AMD's AVX512-BF16); training in fp32")
+                if len(stages) > 1:
+                    say(stage_plan(stages))
         except BaseException:
             if created:  # a run that failed before it began leaves no folder behind
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
         result: dict = {}
+        bests: dict[str, dict] = {}  # each stage's best val record
         for index, stage in enumerate(stages):
             stage_dir = run_dir / stage.name if stage.name else run_dir
             state = saved.pop(stage.name)
             if state is not None and state["iteration"] >= stage.iterations:
                 result = {"best": state["metrics"]["best"], "last": state["metrics"]["val"]}
+                bests[stage.name] = result["best"]
                 continue
             torch.manual_seed(config.train.seed + 1_000_003 * index)  # a stage's initial weights: fixed by the seed
             method = stage.build(info.num_classes)
@@ -175,11 +179,32 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, continu
                         else "Nothing was saved yet: start it again with --overwrite.")
                 say.record(f"{stop} {hint}")
                 raise RunInterrupted(f"{stop} {hint}") from None
+            bests[stage.name] = result["best"]
         best = result["best"]
         say(f"done: {run_dir} (best val Dice {best['dice']:.4f} at iteration {best['iteration']})")
+        for line in earlier_stage_notes(run_dir, bests):
+            say(line)
         if main:
             _choose_postprocessing(run_dir, device, say, info.class_names)
     return result
+
+
+def stage_plan(stages: list[Stage]) -> str:
+    """What a run of several stages trains, said when it starts (`--iterations` sets only some of them)."""
+    return ("stages: " + ", then ".join(f"{stage.name} {stage.iterations} iterations" for stage in stages)
+            + "; each stage's val Dice scores its student's segmentation of the val volumes (0 while it predicts "
+            "only background)")
+
+
+def earlier_stage_notes(run_dir: Path, bests: dict[str, dict]) -> list[str]:
+    """A note for each earlier stage whose best val Dice is above the last stage's: `predict` and
+    `evaluate` use the last stage's best checkpoint, not it."""
+    *earlier, last = bests.items()
+    folder = Path(last[0]) / "best.pt"
+    return [f"note: stage {name}'s best val Dice {best['dice']:.4f} (iteration {best['iteration']}) is above "
+            f"stage {last[0]}'s {last[1]['dice']:.4f}; predict and evaluate use {folder}, the last stage's; "
+            f"for stage {name}'s: mona predict --checkpoint {run_dir / name / 'best.pt'}"
+            for name, best in earlier if best["dice"] > last[1]["dice"]]
 
 
 def _choose_postprocessing(run_dir: Path, device: torch.device, say: RunLog, class_names: list[str]) -> None:
@@ -189,8 +214,10 @@ def _choose_postprocessing(run_dir: Path, device: torch.device, say: RunLog, cla
     choice = json.loads((run_dir / "postprocessing.json").read_text())
     dice = ", ".join(f"{class_names[int(c)]} {100 * raw:.1f} -> {100 * kept:.1f}"
                      for c, (raw, kept) in choice["val_dice"].items())
-    kept = ", ".join(class_names[c] for c in choice["largest_component"])
-    say(f"postprocessing chosen on val: {kept} keep only their largest connected component" if kept else
+    classes = choice["largest_component"]
+    kept = ", ".join(class_names[c] for c in classes)
+    verb = "keeps only its" if len(classes) == 1 else "keep only their"
+    say(f"postprocessing chosen on val: {kept} {verb} largest connected component" if kept else
         "postprocessing chosen on val: none, keeping only the largest connected component raised no class's val Dice")
     say(f"  val Dice raw -> largest component: {dice}")
 

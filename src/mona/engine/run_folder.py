@@ -63,10 +63,13 @@ def stage_folders(run_dir: str | Path) -> list[Path]:
 
 def record_stages(run_dir: Path, stages: list[dict]) -> None:
     """Add `stages` to `RUN/stages.json`, keeping earlier ones (a `--stage finetune` after a
-    `--stage pretrain` run records both)."""
+    `--stage pretrain` run records both); a stage recorded before takes its new values (a resumed
+    run given more iterations)."""
     known = read_stages(run_dir) if (run_dir / "stages.json").is_file() else []
+    given = {stage["name"]: stage for stage in stages}
     names = {stage["name"] for stage in known}
-    merged = known + [stage for stage in stages if stage["name"] not in names]
+    merged = [{**stage, **given.get(stage["name"], {})} for stage in known]
+    merged += [stage for stage in stages if stage["name"] not in names]
     with atomic_path(run_dir / "stages.json") as tmp:
         tmp.write_text(json.dumps(merged, indent=2) + "\n")
 
@@ -157,8 +160,9 @@ def claim(run_dir: Path, resume: bool, overwrite: bool, say=print) -> None:
     if not entries:
         return
     if not overwrite:
-        raise MonaError("the run folder is not empty: continue it with --resume, replace it with --overwrite "
-                        "(deletes the earlier run's checkpoints and logs), or choose another --out", run_dir)
+        raise MonaError("the run folder is not empty: continue it with --resume (Python: mona.train(config, "
+                        "resume=True)), replace it with --overwrite (overwrite=True; deletes the earlier run's "
+                        "checkpoints and logs), or choose another --out (config.out)", run_dir)
     if not is_run_folder(run_dir):
         raise MonaError("--overwrite only replaces a mona run folder, and this one holds other files; "
                         "choose another --out", run_dir)
