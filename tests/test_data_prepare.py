@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mona.cli import prepare as cli
+from mona.cli.main import main
 from mona.data.prepare import prepare_acdc, prepare_folder, prepare_lits, prepare_mmwhs, prepare_nnunet
 from mona.data.prepare.acdc import split_lists
 from mona.data.prepare.common import derive_volumes, percentile_window, window
@@ -331,10 +332,13 @@ def test_mmwhs_unknown_label_value_names_the_file(tmp_path):
 def test_acdc_missing_patient_and_info_are_errors(tmp_path):
     folder = tmp_path / "raw" / "training" / "patient001"
     save(folder / "patient001_frame01.nii.gz", np.zeros(SHAPE, np.int16))
-    with pytest.raises(MonaError, match="no folder for patient099"):
-        prepare_acdc(tmp_path / "raw", tmp_path / "out")  # the packaged lists start with patient099
     lists = tmp_path / "lists"
     lists.mkdir()
+    for stem in ("train_slices", "val", "test"):  # lists naming a patient that is not here
+        (lists / f"{stem}.list").write_text("patient099_frame01_slice_1\n" if stem == "train_slices" else
+                                            "patient099_frame01\n")
+    with pytest.raises(MonaError, match="no folder for patient099"):
+        prepare_acdc(tmp_path / "raw", tmp_path / "out", lists=lists)
     for stem in ("train_slices", "val", "test"):
         (lists / f"{stem}.list").write_text("patient001_frame01_slice_1\n" if stem == "train_slices" else
                                             "patient001_frame01\n")
@@ -475,7 +479,7 @@ def test_folder_prepares_scans_with_masks_for_some(tmp_path):
     assert_same_voxels(out, "extra1", more["extra1"], None, AFFINE, percentile_window, None)
     assert_same_voxels(out, "scan3", arrays["scan3"][0], None, AFFINE, percentile_window, None)
     assert_same_voxels(out, "scan0", *arrays["scan0"], AFFINE, percentile_window, np.vectorize({0: 0, 3: 1, 7: 2}.get))
-    assert logged[:4] == ["labeled cases: 3 (train 2, val 1, test 0); unlabeled cases: 4 (training only)",
+    assert logged[-4:] == ["labeled cases: 3 (train 2, val 1, test 0); unlabeled cases: 4 (training only)",
                           f"val: {meta['splits']['val'][0]}", "test: none", f"split: {meta['split_source']}"]
 
 
@@ -511,7 +515,7 @@ def test_nnunet_keeps_cases_without_labels_and_takes_more_unlabeled(tmp_path):
     assert meta["normalisation"] == f"window [{low:g}, {high:g}] -> [0, 1]"
     image, _, _ = assert_same_voxels(out, "toyTs_000", extreme, None, affine, lambda x: window(x, low, high), None)
     assert image.shape == (6, 4, 5) and meta["slicing_axis"] == 0
-    assert logged[0] == "labeled cases: 3 (train 2, val 1, test 0); unlabeled cases: 4 (training only)"
+    assert logged[-4] == "labeled cases: 3 (train 2, val 1, test 0); unlabeled cases: 4 (training only)"
     with pytest.raises(MonaError, match="toyTr_000 is also in"):
         prepare_nnunet(ds, tmp_path / "twice", unlabeled=ds / "imagesTr")
 
@@ -609,3 +613,77 @@ def test_cli_prepares_a_folder_and_prints_the_split(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["folder", "--help"])
     assert "case_0000.nii.gz" in capsys.readouterr().out
+
+
+def acdc_patients(raw: Path, numbers) -> None:
+    """training/patientXXX folders of the official layout (ED frame 1, ES frame 5), 0..3 masks."""
+    rng = np.random.default_rng(4)
+    for p in numbers:
+        folder = raw / "training" / f"patient{p:03d}"
+        folder.mkdir(parents=True)
+        (folder / "Info.cfg").write_text("ED: 1\nES: 5\n")
+        for frame in (1, 5):
+            image, label = raw_pair(rng, [0, 1, 2, 3], shape=(7, 6, 3), low=0, high=900)
+            save(folder / f"patient{p:03d}_frame{frame:02d}.nii.gz", image)
+            save(folder / f"patient{p:03d}_frame{frame:02d}_gt.nii.gz", label)
+
+
+def test_partial_acdc_falls_back_to_a_seeded_split(tmp_path, capsys):
+    """#46.13: two patients' folders cannot follow the SSL4MIS split: a seeded one, said so, as LiTS and MM-WHS."""
+    acdc_patients(tmp_path / "raw", (3, 7))
+    assert main(["prepare", "acdc", str(tmp_path / "raw"), str(tmp_path / "out")]) == 0
+    meta = json.loads((tmp_path / "out" / "mona.json").read_text())
+    cases = ["patient003_frame01", "patient003_frame02", "patient007_frame01", "patient007_frame02"]
+    assert meta["splits"] == split_cases(cases, 0, 0.1, 0.2) and meta["labeled_cases"] == cases
+    expected = ("seeded fallback: the SSL4MIS split cannot be used, 98 of its 100 patients are not here (first "
+                "patient001); these 2 patients are split by patient with seed 0, val fraction 0.1, test fraction 0.2")
+    assert meta["split_source"] == expected
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == f"split: {expected}" and err[-4].startswith("labeled cases: 4 (train 2, val 2, test 0)")
+
+
+def test_prepare_lists_the_files_it_skips(tmp_path, capsys):
+    """#46.9: files in the scans or masks folder that are not NIfTI are named, not silently left out."""
+    own_folder(tmp_path / "raw", cases=3, values=(0, 1))
+    (tmp_path / "raw" / "images" / "notes.txt").write_text("scanned 2026")
+    (tmp_path / "raw" / "images" / "dicom").mkdir()
+    (tmp_path / "raw" / "images" / "dicom" / "IM0001.dcm").write_bytes(b"DICM")
+    (tmp_path / "raw" / "masks" / "scan0.png").write_bytes(b"PNG")
+    images, masks = tmp_path / "raw" / "images", tmp_path / "raw" / "masks"
+    assert main(["prepare", "folder", "--images", str(images), "--masks", str(masks), str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == [f"note: skipped 2 file(s) in {images} that are not NIfTI scans (.nii.gz, .nii): "
+                       "dicom/IM0001.dcm, notes.txt",
+                       f"note: skipped 1 file(s) in {masks} that are not masks of the scans (.nii.gz, .nii): scan0.png"]
+
+
+def test_a_mask_with_a_label_set_of_its_own_is_named(tmp_path, capsys):
+    """#46.3: one 0/255 mask among 0..3 masks would silently make a class 255: prepare warns, naming it."""
+    own_folder(tmp_path / "raw", cases=4, masked=(0, 1, 2, 3), values=(0, 1, 2, 3))
+    stray = save(tmp_path / "raw" / "masks" / "scan2.nii.gz",
+                 np.where(np.arange(120).reshape(SHAPE) % 2, 255, 0).astype(np.int16))
+    images, masks = tmp_path / "raw" / "images", tmp_path / "raw" / "masks"
+    assert main(["prepare", "folder", "--images", str(images), "--masks", str(masks), str(tmp_path / "out")]) == 0
+    assert (f"warning: {stray}: no other mask holds the value(s) [255] (the others hold [1, 2, 3]); they become "
+            "class(es) class 255: check this mask, or give --classes") in capsys.readouterr().err.splitlines()
+    assert json.loads((tmp_path / "out" / "mona.json").read_text())["label_values"] == [0, 1, 2, 3, 255]
+
+
+def test_an_empty_masks_folder_is_named(tmp_path, capsys):
+    """#46.11: the error names the masks folder, not the scans folder."""
+    own_folder(tmp_path / "raw", cases=3, masked=())
+    masks = tmp_path / "raw" / "masks"
+    assert main(["prepare", "folder", "--images", str(tmp_path / "raw" / "images"), "--masks", str(masks),
+                 str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mona prepare: error: {masks}: no masks found: each is a .nii.gz or .nii file named as its scan "
+        "(case.nii.gz for case.nii.gz or case_0000.nii.gz)")
+
+
+def test_a_bad_mask_stops_prepare_before_it_prints_a_split(tmp_path, capsys):
+    """#46.11: the split is printed once the dataset is written, so a stopped prepare shows none."""
+    name, _ = broken_folder(tmp_path / "raw", "affine")  # found while the cases are read, after the split
+    assert main(["prepare", "folder", "--images", str(tmp_path / "raw" / "images"), "--masks",
+                 str(tmp_path / "raw" / "masks"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert name in err.splitlines()[-1] and "labeled cases" not in err and "split:" not in err

@@ -15,8 +15,9 @@
 
 `mona prepare folder --images DIR --masks DIR OUT` takes a folder of scans and a folder of masks
 for some of them; scans without a mask (and those of --unlabeled DIR) train as unlabeled data.
-`mona prepare DATASET --help` shows each raw layout. Prepare prints the split it makes. OUT is
-built beside itself and moved into place when complete; an existing non-empty OUT needs --overwrite.
+`mona prepare DATASET --help` shows each raw layout. Prepare prints the split it made once OUT is
+complete, and the files it skipped (not NIfTI) in a folder of own scans or masks. OUT is built
+beside itself and moved into place when complete; an existing non-empty OUT needs --overwrite.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ RAW/
 └── testing/                             patients 101-150: not in the SSL4MIS protocol, ignored
 
 Cases are patientXXX_frame01 (ED) and patientXXX_frame02 (ES), as in the SSL4MIS copy;
-volumes keep the stored voxel order as (z, y, x), min-max scaled per volume."""),
+volumes keep the stored voxel order as (z, y, x), min-max scaled per volume. A partial download
+(patients the SSL4MIS lists name are missing) gets a seeded split by patient instead, said so."""),
     "lits": ("LiTS (cases 1-100 train, 101-131 test)", """\
 RAW/                                     any sub-folders (e.g. the two training batches)
 ├── volume-0.nii(.gz)                    CT image, HU

@@ -7,6 +7,8 @@ benchmark names the end-diastole frame `frame01` and the end-systole frame `fram
 whatever their numbers in `Info.cfg` (`ED: 1`, `ES: 12`), so cases are named that way.
 Volumes keep the stored voxel order (SSL4MIS ignores the affine), transposed to (z, y, x),
 and are min-max scaled per volume; the splits are the canonical lists in `mona/splits/acdc`.
+A partial download, which lacks patients those lists name, gets a seeded split of the patients
+it has instead (`FALLBACK_SPLIT`, as LiTS and MM-WHS), said in the log and in `mona.json`.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ from importlib import resources
 from pathlib import Path
 
 from mona.data.prepare.common import (
+    FALLBACK_SPLIT,
     DatasetMeta,
     Log,
     derive_volumes,
     identity_labels,
     minmax,
     raw_folder,
+    split_cases,
     write_dataset,
 )
-from mona.data.ssl4mis import read_list
+from mona.data.ssl4mis import patient_of, read_list
 from mona.errors import MonaError
 
 CLASSES = ["background", "RV", "Myo", "LV"]
@@ -86,7 +90,9 @@ def frame_files(patients: dict[str, Path], case: str, raw: Path) -> tuple[Path, 
 
 
 def prepare_acdc(raw: Path, out: Path, *, overwrite: bool = False, lists: Path | None = None, log: Log = None) -> Path:
-    """Prepare ACDC from `raw` into `out`; `lists` is a folder of other split lists (tests, custom splits)."""
+    """Prepare ACDC from `raw` into `out`; `lists` is a folder of other split lists (tests, custom splits),
+    which must name only patients `raw` holds. Without `lists`, a partial download is split by patient
+    with a seed (module docstring)."""
     raw = raw_folder(raw)
     names = split_lists(lists)
     splits = {"train": derive_volumes(names["train_slices"]), "val": names["val"], "test": names["test"]}
@@ -94,9 +100,20 @@ def prepare_acdc(raw: Path, out: Path, *, overwrite: bool = False, lists: Path |
         if not re.fullmatch(r"patient\d{3}_frame0[12]", name):
             raise MonaError(f"'{name}' in the split lists is not an ACDC case (patientXXX_frame01|02)", lists)
     patients = find_patients(raw)
+    train_slices, split_source = names["train_slices"], f"SSL4MIS lists ({lists or 'mona/splits/acdc'})"
+    listed = {patient_of(name) for split in splits.values() for name in split}
+    missing = sorted(listed - set(patients))
+    if missing and lists is None:
+        present = sorted(listed & set(patients))  # the protocol's patients (training/), not testing/'s
+        splits = split_cases([f"{patient}_{tag}" for patient in present for tag in PHASES], **FALLBACK_SPLIT,
+                             source=raw)
+        train_slices = None
+        split_source = (f"seeded fallback: the SSL4MIS split cannot be used, {len(missing)} of its {len(listed)} "
+                        f"patients are not here (first {missing[0]}); these {len(present)} patients are split by "
+                        f"patient with seed {FALLBACK_SPLIT['seed']}, val fraction {FALLBACK_SPLIT['val_fraction']}, "
+                        f"test fraction {FALLBACK_SPLIT['test_fraction']}")
     sources = {name: frame_files(patients, name, raw) for split in splits.values() for name in split}
     meta = DatasetMeta("ACDC", CLASSES, "MRI", "minmax", minmax, identity_labels(CLASSES), BUDGETS,
-                       canonical=False, split_source=f"SSL4MIS lists ({lists or 'mona/splits/acdc'})",
-                       extra={"phases": PHASES})
-    return write_dataset(out, meta, splits, sources, raw=raw, overwrite=overwrite,
-                         train_slices=names["train_slices"], log=log)
+                       canonical=False, split_source=split_source, extra={"phases": PHASES})
+    return write_dataset(out, meta, splits, sources, raw=raw, overwrite=overwrite, train_slices=train_slices,
+                         log=log)

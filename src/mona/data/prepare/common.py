@@ -233,6 +233,22 @@ def find_pairs(image_root: Path, label_root: Path, image_pattern: str, label_pat
     return {key: (path, labels.get(key)) for key, path in images.items()}
 
 
+def skipped_files(root: Path, used: list[Path]) -> list[Path]:
+    """The files below `root` that prepare does not read (`used` are those it does); hidden ones aside."""
+    used_set = {Path(path).resolve() for path in used}
+    return [path for path in sorted(Path(root).rglob("*")) if path.is_file() and not path.name.startswith(".")
+            and path.resolve() not in used_set]
+
+
+def log_skipped(root: Path, used: list[Path], what: str, log: Log) -> None:
+    """Say which files below `root` are not read as `what` (a notes file, a DICOM series): none is silently left out."""
+    skipped = skipped_files(root, used)
+    if log and skipped:
+        names = ", ".join(str(path.relative_to(root)) for path in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        log(f"note: skipped {len(skipped)} file(s) in {root} that are not {what}: {names}{more}")
+
+
 def find_scans(folder: Path) -> dict[str, tuple[Path, None]]:
     """Case -> (scan, no label) for every `.nii.gz`/`.nii` below `folder` (names as `SCAN_PATTERN`)."""
     folder = raw_folder(folder)
@@ -328,9 +344,6 @@ def write_dataset(out: Path, meta: DatasetMeta, splits: dict[str, list[str]],
     if len(set(names)) != len(names):
         raise MonaError("a case appears in more than one split (or twice in one)", raw)
     training = set(splits["train"]) | set(splits["unlabeled"])
-    if log:
-        for line in split_summary(splits, meta.split_source):
-            log(line)
     with staged_folder(Path(out), raw=Path(raw), overwrite=overwrite) as tmp:
         (tmp / "data" / "slices").mkdir(parents=True)
         written: list[str] = []
@@ -371,6 +384,9 @@ def write_dataset(out: Path, meta: DatasetMeta, splits: dict[str, list[str]],
                     "splits": {split: splits[split] for split in SPLITS}, "split_source": meta.split_source,
                     "cases": cases}
         (tmp / "mona.json").write_text(json.dumps(document, indent=1))
+    if log:  # only now: a prepare stopped by a bad file made no split
+        for line in split_summary(splits, meta.split_source):
+            log(line)
     return Path(out)
 
 

@@ -36,6 +36,7 @@ from mona.data.prepare.common import (
     find_pairs,
     find_scans,
     load_nifti,
+    log_skipped,
     percentile_window,
     raw_folder,
     read_raw,
@@ -142,6 +143,7 @@ def prepare_partly_labeled(raw: Path, out: Path, *, name: str, classes: list[str
     sources = {**sources, **test_sources}
     if unlabeled is not None:
         more = find_scans(unlabeled)
+        log_skipped(Path(unlabeled), [scan for scan, _ in more.values()], "NIfTI scans (.nii.gz, .nii)", log)
         clash = sorted(set(more) & set(sources))
         if clash:
             raise MonaError(f"case {clash[0]} is also in {raw} (case names must be unique)", more[clash[0]][0])
