@@ -3,8 +3,8 @@
   python benchmarks/train_speed.py --size 128 --batch 4 --device cpu [--amp | --force-bf16] [--json out.json]
   python benchmarks/train_speed.py --size 256 --paper-batches --device cuda --amp [--compile]
 
-Times the engine's full step (forward, losses, backward, SGD, EMA) of supervised, mean
-teacher, MONA stage 1 and MONA stage 2 on random data, after warm-up steps (stage 2 with
+Times the engine's full step (forward, losses, backward, SGD, EMA) of every method's stages
+(MONA, BCP and ABD: stage 1 and stage 2) on random data, after warm-up steps (stage 2 with
 its hard-negative banks full, as in a real run), and prints each method's cost relative to
 mean teacher. Peak memory is `max_memory_allocated` on
 CUDA and the process's peak RSS growth on the CPU.
@@ -28,17 +28,23 @@ from mona.engine.trainer import resolve_amp, resolve_device
 from mona.evaluation.inference import autocast
 from mona.methods import method_stages
 
-PAPER_BATCHES = {"supervised": (12, 12), "mean_teacher": (12, 12), "mona_pretrain": (3, 3), "mona_finetune": (4, 4)}
+PAPER_BATCHES = {"supervised": (12, 12), "mean_teacher": (12, 12), "mona_pretrain": (3, 3), "mona_finetune": (4, 4),
+                 "unimatch": (12, 12), "bcp_pretrain": (12, 12), "bcp_selftrain": (12, 12), "abd_pretrain": (12, 12),
+                 "abd_selftrain": (12, 12)}
 
 
 def make_method(name: str, num_classes: int, size: int, representation_stride: int = 1):
-    """`supervised`, `mean_teacher`, or one of MONA's stages (`mona_pretrain`, `mona_finetune`), as a run
-    at `size` pixels builds it."""
-    config = Config(method=name.split("_")[0] if name.startswith("mona") else name)
+    """A one-stage method by name (`supervised`, `mean_teacher`, `unimatch`) or one stage of a two-stage one
+    (`mona_pretrain`, `mona_finetune`, `bcp_selftrain`, ...), as a run at `size` pixels builds it, and the
+    number of unlabeled images its stage draws per unlabeled image of the batch (UniMatch: 2)."""
+    method, _, stage_name = name.partition("_") if name.split("_")[0] in ("mona", "bcp", "abd") else (name, "", "")
+    config = Config(method=method)
     config.data.image_size = size
     config.mona.representation_stride = representation_stride
-    stages = {stage.name or config.method: stage for stage in method_stages(config)}
-    return stages[name.removeprefix("mona_") if name.startswith("mona") else name].build(num_classes)
+    stages = {stage.name: stage for stage in method_stages(config)}
+    stage = stages[stage_name]
+    factor = 1 if method == "mona" else stage.batch_unlabeled // config.data.batch_unlabeled
+    return stage.build(num_classes), factor
 
 
 def fill_memory_banks(method) -> None:
@@ -59,7 +65,8 @@ def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, am
           representation_stride: int = 1, compile_networks: bool = False, channels_last: bool = True):
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    method = make_method(name, 4, size, representation_stride).to(device).to(memory_format=memory_format)
+    method, unlabeled_factor = make_method(name, 4, size, representation_stride)
+    method = method.to(device).to(memory_format=memory_format)
     fill_memory_banks(method)
     if compile_networks:
         for network in (method.model, method.teacher):
@@ -75,7 +82,7 @@ def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, am
             out["label"] = torch.randint(0, 4, (n, size, size), device=device)
         return out
 
-    labeled, unlabeled = batch_of(batch[0], True), batch_of(batch[1], False)
+    labeled, unlabeled = batch_of(batch[0], True), batch_of(batch[1] * unlabeled_factor, False)
     rss_before = peak_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -112,7 +119,8 @@ def main() -> None:
                         "to time that choice")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--methods", default="supervised,mean_teacher,mona_pretrain,mona_finetune")
+    parser.add_argument("--methods", default="supervised,mean_teacher,mona_pretrain,mona_finetune,unimatch,"
+                        "bcp_pretrain,bcp_selftrain,abd_pretrain,abd_selftrain")
     parser.add_argument("--representation-stride", type=int, default=1, help="MONA stage 2 pixel-embedding stride")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     parser.add_argument("--cudnn-benchmark", action="store_true",

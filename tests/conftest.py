@@ -3,6 +3,7 @@
 import contextlib
 import os
 import signal
+import types
 
 import pytest
 import torch
@@ -56,5 +57,51 @@ def interrupt_at():
         with pytest.MonkeyPatch.context() as monkeypatch:
             monkeypatch.setattr(method_class, "training_step", interrupted_step)
             yield calls
+
+    return patch
+
+
+class StubNet(torch.nn.Module):
+    """A stand-in for the UNet in wiring tests: logits are a fixed, input-dependent function,
+    different for each `tag` (so a test can tell which network produced what), with one trainable
+    scale; every call is recorded as (input, training mode). `forward_feature_perturbation`
+    returns the clean logits and another fixed function of them."""
+
+    def __init__(self, tag: float, num_classes: int = 4):
+        super().__init__()
+        self.tag, self.num_classes = tag, num_classes
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.calls = []
+
+    def logits(self, x):
+        classes = torch.arange(1, self.num_classes + 1, dtype=x.dtype).view(1, -1, 1, 1)
+        return self.scale * 3 * torch.sin(classes * (5 + self.tag) * x + self.tag)
+
+    def forward(self, x):
+        self.calls.append((x.detach().clone(), self.training))
+        return types.SimpleNamespace(logits=self.logits(x))
+
+    def forward_feature_perturbation(self, x, p=0.5):
+        self.calls.append((x.detach().clone(), self.training, "fp"))
+        clean = self.logits(x)
+        return clean, 0.5 * clean.flip(1)
+
+
+@pytest.fixture
+def stub_net():
+    """`stub_net(tag)`: a `StubNet`."""
+    return StubNet
+
+
+@pytest.fixture
+def without_weak_augmentation(monkeypatch):
+    """`without_weak_augmentation(module)`: the method module's `weak_views` (and `weak_augment`, where
+    it imports one) return their inputs, so a wiring test can follow every pixel."""
+
+    def patch(module):
+        monkeypatch.setattr(module, "weak_views", lambda labeled, unlabeled, generator: (
+            labeled["image"], labeled["label"], unlabeled["image"]))
+        if hasattr(module, "weak_augment"):
+            monkeypatch.setattr(module, "weak_augment", lambda image, label, generator: (image, label))
 
     return patch

@@ -15,6 +15,7 @@ from mona.engine import trainer as trainer_module
 from mona.engine.checkpoint import save_checkpoint
 from mona.engine.run import load_run_model, resume_config, train
 from mona.errors import MonaError, RunInterrupted
+from mona.methods import METHODS, method_stages
 from mona.methods.mean_teacher import MeanTeacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -209,3 +210,48 @@ def test_cpu_bf16_where_it_was_measured_faster(monkeypatch, flags, vendor, expec
     monkeypatch.setattr(trainer_module, "cpu_flags", lambda: flags)
     monkeypatch.setattr(trainer_module, "cpu_vendor", lambda: vendor)
     assert trainer_module.fast_bf16(torch.device("cpu")) is expected
+
+
+# Each method with an EMA teacher: its config key for the decay, and whether the engine warms the decay up
+# (min(1 - 1/(t + 1), m): SSL4MIS's mean teacher, MONA) or applies it from the first step (BCP, ABD).
+EMA_RULES = {"mean_teacher": ("mean_teacher.ema", True), "mona": ("mona.ema", True), "bcp": ("bcp.ema", False),
+             "abd": ("abd.ema", False)}
+TINY = ["mona.patch_size=16", "mona.patch_stride=8", "mona.num_queries=8", "mona.num_negatives=8",
+        "mona.bank_size=64", "mona.background_bank_size=64", "abd.patch_grid=4"]
+
+
+@pytest.mark.parametrize("method_name", list(METHODS))
+def test_the_trainer_updates_every_teacher_with_the_configured_decay(method_name, phantom, tmp_path, monkeypatch):
+    """After every step, teacher = m * teacher + (1 - m) * student for each (teacher, student) pair, with
+    m the configured decay (0.9 here), warmed up or not as the method's code does; no other update."""
+    key, warmup = EMA_RULES.get(method_name, (None, None))
+    config = make_config(phantom, tmp_path / "run", f"method={method_name}", "train.iterations=3",
+                         "train.val_every=3", "mona.pretrain_iterations=3", "bcp.pretrain_iterations=2",
+                         "abd.pretrain_iterations=2", *TINY, *([f"{key}=0.9"] if key else []))
+    original = trainer_module.ema_update
+    calls = []
+
+    def checked(teacher, student, momentum):
+        before = [t.detach().clone() for t in teacher.parameters()]
+        original(teacher, student, momentum)
+        steps = sum(1 for c in calls if c[0] is teacher)
+        expected = min(1 - 1 / (steps + 1), 0.9) if warmup else 0.9
+        assert momentum == pytest.approx(expected), (method_name, steps)
+        for old, new, s in zip(before, teacher.parameters(), student.parameters()):
+            assert torch.allclose(new, expected * old + (1 - expected) * s.detach(), atol=1e-6)
+        calls.append((teacher, momentum))
+
+    monkeypatch.setattr(trainer_module, "ema_update", checked)
+    train(config)
+    stages = method_stages(config)
+    teachers = sum(stage.iterations * len(stage.build(4).ema_pairs()) for stage in stages)
+    assert len(calls) == teachers
+    assert (teachers > 0) == (key is not None), f"{method_name}: add its EMA rule to EMA_RULES"
+
+
+def test_constant_lr_stages_keep_the_base_rate(phantom, tmp_path):
+    out = tmp_path / "bcp"
+    train(make_config(phantom, out, "method=bcp", "train.iterations=4", "bcp.pretrain_iterations=2",
+                      "train.log_every=1", "train.val_every=2", "optim.lr=0.02"))
+    for stage in ("pretrain", "selftrain"):
+        assert {r["lr"] for r in read_log(out / stage)} == {0.02}

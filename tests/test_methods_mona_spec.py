@@ -225,3 +225,47 @@ def test_representation_stride_above_one_trains_at_the_coarser_grid(monkeypatch)
     assert float(losses["contrast"]) > 0 and sum(method.negative_bank.filled(c) for c in range(4)) > 0
     losses["loss"].backward()
     assert method.rep_head.project[0].weight.grad.abs().sum() > 0
+
+
+def test_contrast_reads_the_student_and_teacher_embeddings_the_right_way_round(monkeypatch):
+    """L_contrast gets (student embeddings with their gradient, the teacher head's on the teacher's
+    pass over the same input); L_nn's bank is filled from the teacher, its query is the student's."""
+    torch.manual_seed(0)
+    config = MonaConfig(num_queries=8, num_negatives=8, bank_size=64, background_bank_size=64, consistency=False,
+                        confidence_threshold=0.3)
+    method = MonaFinetune(4, config)
+    record = {}
+    for target, name in ((method, "rep_head"), (method, "teacher_rep_head"), (method, "contrast"),
+                         (method.nn_bank, "push"), (method, "nearest")):
+        _spy(monkeypatch, target, name, record)
+    teacher_inputs = []
+    method.teacher.register_forward_pre_hook(lambda module, args: teacher_inputs.append(args[0]))
+    student_inputs = []
+    method.model.register_forward_pre_hook(lambda module, args: student_inputs.append(args[0]))
+    method.training_step(*_batches(), 0.5, torch.Generator().manual_seed(3))
+
+    (_, student_embeddings), = record["rep_head"]
+    (_, teacher_all), (_, teacher_unlabeled) = record["teacher_rep_head"]
+    (contrast_args, _), = record["contrast"]
+    assert contrast_args[0] is student_embeddings and student_embeddings.requires_grad
+    assert contrast_args[1] is teacher_all and not teacher_all.requires_grad
+    assert torch.equal(teacher_inputs[1], student_inputs[0])  # the teacher's pass over the student's input
+    (pushed, _), = record["push"]
+    assert torch.equal(pushed[0], teacher_unlabeled.float().mean((2, 3)))  # teacher vectors of the weak view
+    (nn_args, _), = record["nearest"]
+    assert torch.equal(nn_args[0], student_embeddings[2:].float().mean((2, 3))) and nn_args[0].requires_grad
+
+
+def test_stage1_queues_are_filled_from_the_teacher(monkeypatch):
+    torch.manual_seed(0)
+    method = MonaPretrain(4, MonaConfig(patch_size=16, patch_stride=16), image_size=32)
+    record = {}
+    for target, name in ((method, "teacher_global_head"), (method, "teacher_local_head"), (method, "global_head"),
+                         (method.global_queue, "push"), (method.local_queue, "push")):
+        _spy(monkeypatch, target, name, record)
+    method.training_step(*_batches(1), 0.0, torch.Generator().manual_seed(0))
+    (_, teacher_global), = record["teacher_global_head"]
+    (_, teacher_local), = record["teacher_local_head"]
+    global_push, local_push = record["push"]  # global queue first, then local
+    assert global_push[0][0] is teacher_global and not teacher_global.requires_grad
+    assert torch.equal(local_push[0][0], teacher_local.flatten(1)) and not local_push[0][0].requires_grad

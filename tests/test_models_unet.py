@@ -85,3 +85,22 @@ def test_cpu_dropout_keeps_dropouts_law():
     assert torch.equal(x.grad, y.detach())  # d(x * mask / 0.7) / dx
     dropout.eval()
     assert torch.equal(dropout(x), x)
+
+
+def test_feature_perturbation_reaches_the_decoder_only():
+    """UniMatch's FP pass: the encoder runs once on B images, the decoder once on 2B (clean, then
+    channel-dropped copies of every encoder output); the clean half is the plain forward."""
+    torch.manual_seed(0)
+    model = UNet(1, 4).eval()  # running BatchNorm statistics: the clean half equals model(x) exactly
+    x = torch.rand(3, 1, 32, 32)
+    encoder_inputs, decoder_inputs = [], []
+    model.encoder[0].register_forward_pre_hook(lambda module, args: encoder_inputs.append(args[0].shape[0]))
+    for block in model.decoder:
+        block.register_forward_pre_hook(lambda module, args: decoder_inputs.append((args[0].shape[0],
+                                                                                   args[1].shape[0])))
+    clean, perturbed = model.forward_feature_perturbation(x, p=0.5)
+    assert encoder_inputs == [3] and decoder_inputs == [(6, 6)] * 4
+    assert torch.allclose(clean, model(x).logits, atol=1e-5)
+    assert not torch.allclose(perturbed, clean, atol=1e-3)
+    clean_0, unperturbed = model.forward_feature_perturbation(x, p=0.0)
+    assert torch.allclose(unperturbed, clean_0, atol=1e-5)

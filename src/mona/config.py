@@ -115,14 +115,55 @@ class MonaConfig:
 
 
 @dataclass
+class UniMatchConfig:
+    """UniMatch's ACDC settings (LiheYoung/UniMatch@0324f3d, more-scenarios/medical; docs/methods/peers.md)."""
+
+    confidence_threshold: float = 0.95  # configs/acdc.yaml L11: pseudo-labelled pixels under it are ignored
+    feature_dropout: float = 0.5  # model/unet.py L171: Dropout2d on every encoder output, decoder input only
+    strong_weight: float = 0.25  # unimatch.py L175: (L_x + 0.25 L_s1 + 0.25 L_s2 + 0.5 L_fp) / 2
+    fp_weight: float = 0.5
+
+
+@dataclass
+class BCPConfig:
+    """BCP's ACDC settings (DeepMed-Lab-ECNU/BCP@7879f98, code/ACDC_BCP_train.py; docs/methods/peers.md)."""
+
+    pretrain_iterations: int = 0  # 0 = a third of train.iterations (its code: 10000 before 30000)
+    ema: float = 0.99  # L390: constant, no warm-up
+    unlabeled_weight: float = 0.5  # L49 u_weight: the pseudo-labelled region's weight
+    box_fraction: float = 0.6667  # L135: the pasted box's side, 2/3 of the image's
+    largest_component: bool = True  # L365-L366: pseudo-labels keep each class's largest 2D component
+    background_dice: str = "masked"  # masked (the code since a925e30) | unmasked (paper-time and ABD's code)
+
+
+@dataclass
+class ABDConfig:
+    """ABD's BCP-based ACDC settings (chy-upc/ABD@4efd525, code/train_ACDC_BCP.py; docs/methods/peers.md)."""
+
+    pretrain_iterations: int = 0  # 0 = a third of train.iterations (its code: 10000 before 30000)
+    ema: float = 0.99  # L437: the EMA teacher of student 1, constant
+    unlabeled_weight: float = 0.5  # u_weight as BCP
+    box_fraction: float = 0.6667  # BCP's box
+    background_dice: str = "unmasked"  # utils/losses.py L169-L175: the background Dice ignores the region mask
+    patch_grid: int = 4  # L48-L50: 4 x 4 patches (64 px at 256 px)
+    top_patches: int = 4  # top_num: the confident patches the KL choice looks among
+    adaptive_probability: float = 0.5  # utils/displacement.py L67: share of images displaced by the KL choice
+    cutout_probability: float = 0.5  # dataloaders/dataset.py L180: the strong view's cutout
+    jitter_strength: float = 0.8  # L101-L108: ColorJitter(0.8, 0.8), always applied
+
+
+@dataclass
 class Config:
-    method: str = "supervised"  # supervised | mean_teacher | mona
+    method: str = "supervised"  # supervised | mean_teacher | mona | unimatch | bcp | abd
     out: str = ""  # run folder; empty = runs/<method>_<labeled>
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
     mona: MonaConfig = field(default_factory=MonaConfig)
+    unimatch: UniMatchConfig = field(default_factory=UniMatchConfig)
+    bcp: BCPConfig = field(default_factory=BCPConfig)
+    abd: ABDConfig = field(default_factory=ABDConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,11 +310,19 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "mona.contrast_temperature": (1e-6, None), "mona.bank_size": (1, None), "mona.background_bank_size": (1, None),
     "mona.embed_dim": (1, None), "mona.representation_stride": (1, 16), "mona.nn_bank_size": (1, None),
     "mona.nn_topk": (1, None),
+    "unimatch.confidence_threshold": (0, 1), "unimatch.feature_dropout": (0, 0.99), "unimatch.strong_weight": (0, None),
+    "unimatch.fp_weight": (0, None),
+    "bcp.pretrain_iterations": (0, None), "bcp.ema": (0, 1), "bcp.unlabeled_weight": (0, None),
+    "bcp.box_fraction": (0.01, 0.99),
+    "abd.pretrain_iterations": (0, None), "abd.ema": (0, 1), "abd.unlabeled_weight": (0, None),
+    "abd.box_fraction": (0.01, 0.99), "abd.patch_grid": (1, 64), "abd.top_patches": (1, None),
+    "abd.adaptive_probability": (0, 1), "abd.cutout_probability": (0, 1), "abd.jitter_strength": (0, 1),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"), "train.amp_dtype": ("bf16", "fp16"),
     "mona.stage": ("both", "pretrain", "finetune"), "mona.eqv_pixels": ("foreground", "confident", "balanced"),
     "mona.entropy_split": ("spec", "one_cut"), "mona.diffeomorphism": ("advmorph", "rms_cells"),
+    "bcp.background_dice": ("masked", "unmasked"), "abd.background_dice": ("masked", "unmasked"),
 }
 
 
@@ -319,6 +368,11 @@ def validate(config: Config) -> None:
     if size % mona.representation_stride:
         raise MonaError(f"mona.representation_stride={mona.representation_stride} must divide data.image_size "
                         f"({size})")
+    if config.method == "abd" and size % config.abd.patch_grid:
+        raise MonaError(f"abd.patch_grid={config.abd.patch_grid} must divide data.image_size ({size})")
+    if config.abd.top_patches > config.abd.patch_grid ** 2:
+        raise MonaError(f"abd.top_patches={config.abd.top_patches} is out of range: it must be <= "
+                        f"abd.patch_grid^2 ({config.abd.patch_grid ** 2})")
     if mona.stage == "pretrain" and not mona.pretrain:
         raise MonaError("mona.stage=pretrain with mona.pretrain=false would train nothing")
 

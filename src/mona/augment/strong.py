@@ -71,19 +71,25 @@ def cutmix(
 
 
 def color_jitter(
-    image: torch.Tensor, generator: torch.Generator, p: float = 0.5, low: float = 0.75, high: float = 1.25
+    image: torch.Tensor, generator: torch.Generator, p: float = 0.5, low: float = 0.75, high: float = 1.25,
+    random_order: bool = False,
 ) -> torch.Tensor:
     """With probability `p` per sample, scale brightness and contrast by factors U(low, high).
 
     Torchvision/PIL semantics, as in the authors' ColorJitter: brightness multiplies the pixel
     values (kornia's `adjust_contrast` is that multiplication), contrast blends with the
-    image mean (`adjust_contrast_with_mean_subtraction`); both clamp to [0, 1]. Returns a new tensor.
+    image mean (`adjust_contrast_with_mean_subtraction`); both clamp to [0, 1]. Brightness comes
+    first unless `random_order`, which, as torchvision's `ColorJitter` does, puts contrast first in
+    half of the samples (UniMatch's and ABD's strong views). Returns a new tensor.
     """
     batch = image.shape[0]
     brightness = uniform(generator, (batch,), low, high, image.device)
     contrast = uniform(generator, (batch,), low, high, image.device)
     apply = _per_sample(generator, image, p)
     jittered = adjust_contrast_with_mean_subtraction(adjust_contrast(image, brightness), contrast)
+    if random_order:
+        contrast_first = adjust_contrast(adjust_contrast_with_mean_subtraction(image, contrast), brightness)
+        jittered = torch.where(_per_sample(generator, image, 0.5), contrast_first, jittered)
     return torch.where(apply, jittered, image)
 
 

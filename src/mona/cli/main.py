@@ -14,7 +14,7 @@ OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 VERBS = {
     "demo": ("mona.cli.demo", "train supervised, mean teacher and MONA on the built-in phantom and compare them"),
     "synth": ("mona.cli.synth", "write the built-in synthetic cardiac phantom in the SSL4MIS layout"),
-    "train": ("mona.cli.train", "train a method (supervised, mean_teacher, mona) on a dataset"),
+    "train": ("mona.cli.train", "train a method (supervised, mean_teacher, mona, unimatch, bcp, abd) on a dataset"),
     "evaluate": ("mona.cli.evaluate", "score a run on val/test volumes, or a folder of predictions against truths"),
     "predict": ("mona.cli.predict", "segment new scans (NIfTI or h5) with a trained run"),
     "prepare": ("mona.cli.prepare", "convert raw ACDC, LiTS, MMWHS or nnU-Net datasets into mona's layout"),

@@ -71,26 +71,24 @@ def check_dataset(config: Config, run_dir: Path) -> None:
                         "--data NEW)", run_dir / "config.yaml")
 
 
-def _stage_student(source: str, run_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
+def _stage_student(source: str, run_dir: Path, checkpoint: str = "last") -> tuple[dict[str, torch.Tensor], Path]:
     """The UNet weights that start a stage: an earlier stage of this run (by name), a run folder
-    (its first stage) or a checkpoint file."""
+    (its first stage) or a checkpoint file; `checkpoint` ("last" or "best") picks the stage's file."""
     path = Path(source)
     if not path.is_absolute() and (run_dir / source).is_dir():
-        path = run_dir / source / "last.pt"
+        path = run_dir / source / f"{checkpoint}.pt"
     elif path.is_dir():
-        path = stage_folders(path)[0] / "last.pt"
+        path = stage_folders(path)[0] / f"{checkpoint}.pt"
     if not path.is_file():
         raise MonaError(f"this stage starts from the student of {source!r}, which has no checkpoint "
                         "(train that stage first, or set mona.init_from)", path)
     return student_weights(load_checkpoint(path), path), path
 
 
-def _start_from(method: Method, source: str, run_dir: Path) -> None:
-    """Student and teacher both start from the earlier student."""
-    weights, path = _stage_student(source, run_dir)
-    load_weights(method.model, weights, path)
-    if method.teacher is not None:
-        method.teacher.load_state_dict(method.model.state_dict())
+def _start_from(method: Method, stage: Stage, run_dir: Path) -> None:
+    """The method's networks start from the earlier student (`Method.start_from`)."""
+    weights, path = _stage_student(stage.init_from, run_dir, stage.init_checkpoint)
+    method.start_from(weights, lambda module, state: load_weights(module, state, path))
 
 
 def _saved_states(run_dir: Path, stages: list[Stage]) -> dict[str, dict | None]:
@@ -170,7 +168,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, continu
             torch.manual_seed(config.train.seed + 1_000_003 * index)  # a stage's initial weights: fixed by the seed
             method = stage.build(info.num_classes)
             if stage.init_from and state is None:
-                _start_from(method, stage.init_from, run_dir)
+                _start_from(method, stage, run_dir)
             try:
                 result = Trainer(config, method, data, val, stage_dir, stage, info, say).fit(state)
             except RunInterrupted as stop:

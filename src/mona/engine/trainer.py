@@ -250,7 +250,8 @@ class Trainer:
                 for iteration in bar:
                     tick = time.perf_counter()
                     progress = iteration / total
-                    lr = poly_lr(config.optim.lr, progress, config.optim.poly_power)
+                    lr = config.optim.lr if stage.constant_lr else poly_lr(config.optim.lr, progress,
+                                                                            config.optim.poly_power)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     generator = torch.Generator().manual_seed(step_seed(config.train.seed, iteration, rank))
@@ -283,7 +284,8 @@ class Trainer:
                             distributed.average_gradients(optimizer.param_groups[0]["params"])
                         optimizer.step()
                     for teacher, student in method.ema_pairs():
-                        ema_update(teacher, student, ema_momentum(method.ema, iteration))
+                        ema_update(teacher, student,
+                                   ema_momentum(method.ema, iteration) if method.ema_warmup else method.ema)
                     for key, value in losses.items():
                         window[key] = window.get(key, 0.0) + value.detach().float()
                     window_steps += 1

@@ -61,6 +61,10 @@ PAPER_ACDC_DICE = {
     ("mean_teacher", "1"): 42.9, ("mean_teacher", "3"): 58.3, ("mean_teacher", "7"): 80.1,
     ("mona", "1"): 82.6, ("mona", "3"): 86.9, ("mona", "7"): 87.7,
     ("mona_no_tailness", "1"): 60.9, ("mona_no_diversity", "1"): 75.2,
+    # peers' published figures (docs/methods/peers.md): UniMatch's README (checkpoint chosen on val + test),
+    # BCP's paper as TraCoCo's results table quotes it; ABD's could not be read from its paper or repository
+    ("unimatch", "1"): 85.4, ("unimatch", "3"): 88.9, ("unimatch", "7"): 89.9,
+    ("bcp", "3"): 87.6, ("bcp", "7"): 88.8,
 }
 PROTOCOL_KEYS = ("data.image_size", "data.batch_labeled", "data.batch_unlabeled", "train.iterations",
                  "train.val_every", "train.amp", "optim.lr", "mona.pretrain_iterations",

@@ -18,6 +18,9 @@ METHODS = {
     "supervised": "mona.methods.supervised",
     "mean_teacher": "mona.methods.mean_teacher",
     "mona": "mona.methods.mona",
+    "unimatch": "mona.methods.unimatch",
+    "bcp": "mona.methods.bcp",
+    "abd": "mona.methods.abd",
 }
 
 

@@ -44,6 +44,7 @@ def sigmoid_rampup(progress: float, rampup: float) -> float:
 class Method(nn.Module):
     name = "base"
     uses_unlabeled = False
+    ema_warmup = True  # EMA decay min(1 - 1/(step + 1), ema) (Tarvainen & Valpola); False: `ema` from step 0
 
     def __init__(self, num_classes: int, ema: float | None = None):
         super().__init__()
@@ -59,6 +60,14 @@ class Method(nn.Module):
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(teacher module, student module) pairs the engine updates by EMA after each step."""
         return [(self.teacher, self.model)] if self.teacher is not None else []
+
+    def start_from(self, student: dict[str, torch.Tensor], load: Callable[[nn.Module, dict], None]) -> None:
+        """Start this stage from an earlier student's UNet weights: the student and the teacher
+        (a method with more networks starts them all). `load(module, weights)` loads with the
+        engine's checks."""
+        load(self.model, student)
+        if self.teacher is not None:
+            self.teacher.load_state_dict(self.model.state_dict())
 
     def weights(self) -> dict[str, torch.Tensor]:
         """`state_dict()` without the memories (the FIFO queues and banks of embeddings): every
@@ -84,7 +93,9 @@ class Stage:
 
     `name` is the stage's sub-folder of the run ("" for a one-stage method: the run folder
     itself); `build(num_classes)` makes a fresh `Method`; `init_from` names an earlier stage
-    of the same run, or a run folder or checkpoint file, whose student starts this stage.
+    of the same run, or a run folder or checkpoint file, whose student starts this stage, taken
+    from that stage's `init_checkpoint` ("last", or "best" on val as BCP starts its self-training).
+    `constant_lr` keeps `optim.lr` for the whole stage (BCP, ABD) instead of the poly decay.
     """
 
     name: str
@@ -94,3 +105,5 @@ class Stage:
     batch_unlabeled: int
     nesterov: bool = False
     init_from: str = ""
+    init_checkpoint: str = "last"
+    constant_lr: bool = False

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CHANNELS = (16, 32, 64, 128, 256)
@@ -73,18 +74,41 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList([UpBlock(c[i], c[i - 1], c[i - 1]) for i in range(4, 0, -1)])
         self.head = nn.Conv2d(c[0], num_classes, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> UNetOutput:
-        skips = []
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five encoder outputs, fine to coarse: 16@1/1, 32@1/2, 64@1/4, 128@1/8, 256@1/16."""
+        features = []
         for block in self.encoder:
             x = block(x)
-            skips.append(x)
+            features.append(x)
+        return features
+
+    def decode(self, features: list[torch.Tensor]) -> UNetOutput:
+        """Logits, bottleneck and decoder features from the encoder outputs of `encode`."""
+        skips = list(features)
         bottleneck = skips.pop()
-        features = [bottleneck]
+        decoded = [bottleneck]
         x = bottleneck
         for block in self.decoder:
             x = block(x, skips.pop())
-            features.append(x)
-        return UNetOutput(self.head(x), bottleneck, features)
+            decoded.append(x)
+        return UNetOutput(self.head(x), bottleneck, decoded)
+
+    def forward(self, x: torch.Tensor) -> UNetOutput:
+        return self.decode(self.encode(x))
+
+    def forward_feature_perturbation(self, x: torch.Tensor, p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+        """UniMatch's feature perturbation: clean and perturbed logits of `x` (B, 1, H, W), each (B, C, H, W).
+
+        The encoder runs once; the decoder runs once on 2B inputs, every encoder output (skips
+        included) followed by its copy under channel dropout `p` (`F.dropout2d`, always on,
+        survivors scaled by 1 / (1 - p)), so the perturbation reaches the decoder only and both
+        halves share the decoder's BatchNorm batch (Yang et al., CVPR 2023; LiheYoung/UniMatch@0324f3d
+        `more-scenarios/medical/model/unet.py` L168-L173).
+        """
+        features = self.encode(x)
+        logits = self.decode([torch.cat([f, F.dropout2d(f, p, training=True)]) for f in features]).logits
+        clean, perturbed = logits.chunk(2)
+        return clean, perturbed
 
 
 @contextmanager

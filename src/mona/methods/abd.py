@@ -1,0 +1,122 @@
+"""ABD, adaptive bidirectional displacement on top of BCP (Chi et al., CVPR 2024, arXiv 2405.00378),
+as its BCP-based ACDC code runs it.
+
+Source: chy-upc/ABD@4efd525, `code/train_ACDC_BCP.py` (lines below are that file's),
+`code/utils/displacement.py`, `code/dataloaders/dataset.py`; every setting and departure is
+listed in docs/methods/peers.md.
+
+Stage 1 is BCP's pre-training (L189-L295) with ABD's Dice, whose background term ignores the
+region mask (`abd.background_dice`). Stage 2, `ABDSelfTrain` (L345-L437), trains two students from
+stage 1's best checkpoint: student 1 (`model`, the one validated and kept) on BCP's copy-paste
+images of the weak view, student 2 (`model_2`) on the same copy-paste (same box) of a strong view
+(cutout with {0, 1} noise and background label inside, then brightness and contrast U(0.2, 1.8)
+in random order). The EMA teacher of student 1 pseudo-labels the weak and the strong unlabeled
+halves (four forwards, L364-L372). Per student: BCP's loss (L387-L408), (Dice + CE) / 2; cross
+pseudo-supervision with the other student's argmax on the mixed images (L411-L412); both
+students on the displaced images (`adaptive_bidirectional_displacement`, L414-L420) with cross
+pseudo-supervision again (L422-L423). Loss = both students' sums, weights 1 (L425-L427);
+constant learning rate.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mona.augment.boxes import copy_paste_box, paste, random_boxes
+from mona.augment.displacement import adaptive_bidirectional_displacement
+from mona.augment.strong import color_jitter
+from mona.augment.weak import weak_views
+from mona.config import ABDConfig, Config
+from mona.losses.copy_paste import CopyPasteLoss
+from mona.losses.masked_dice import MaskedDiceLoss
+from mona.methods.base import Method, Stage
+from mona.methods.bcp import copy_paste_stages, halves, largest_component_labels
+from mona.models.unet import UNet
+from mona.randomness import host_to_device
+
+
+def abd_strong_view(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                    cutout_probability: float = 0.5, jitter: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
+    """ABD's strong view (dataset.py L110-L136, L101-L108, L180-L181) of (B, 1, H, W) images and their
+    (B, H, W) labels: with probability `cutout_probability` a box (area U(0.02, 0.4), ratio
+    U(0.3, 1/0.3)) filled with random 0/1 pixels and labelled background; then, always, brightness
+    and contrast factors U(1 - jitter, 1 + jitter) in random order."""
+    box = random_boxes(images.shape[0], tuple(images.shape[-2:]), generator, p=cutout_probability,
+                       redraw_area=True, device=images.device)
+    noise = host_to_device(torch.randint(0, 2, images.shape, generator=generator), images.device).to(images.dtype)
+    cut = paste(images, noise, box)
+    return color_jitter(cut, generator, p=1.0, low=1 - jitter, high=1 + jitter, random_order=True), \
+        torch.where(box, torch.zeros_like(labels), labels)
+
+
+class ABDSelfTrain(Method):
+    """Stage 2: two students on weak and strong copy-paste views, cross-supervised, then displaced."""
+
+    name = "abd"
+    uses_unlabeled = True
+    ema_warmup = False
+
+    def __init__(self, num_classes: int, config: ABDConfig):
+        super().__init__(num_classes, ema=config.ema)
+        self.config = config
+        self.model_2 = UNet(1, num_classes)
+        self.mix_loss = CopyPasteLoss(background_unmasked=config.background_dice == "unmasked")
+        self.cross_dice = MaskedDiceLoss(smooth=1e-5)
+
+    def start_from(self, student, load):
+        """Both students and the teacher start from stage 1's student (L331-L333)."""
+        super().start_from(student, load)
+        load(self.model_2, student)
+
+    def _pseudo_labels(self, images_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return tuple(largest_component_labels(self.teacher(half).logits) for half in halves(images_u))
+
+    def _bcp_loss(self, model, image_a, image_b, unlabeled_a, unlabeled_b, label_a, label_b, pseudo_a, pseudo_b,
+                  box) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One student on BCP's two mixed images: its logits (2 sub-batches, concatenated), BCP's
+        (Dice + CE) / 2 and the mixed inputs."""
+        inputs = torch.cat([paste(unlabeled_a, image_a, box), paste(image_b, unlabeled_b, box)])
+        in_unlabeled, in_labeled = halves(inputs)
+        logits_unlabeled, logits_labeled = model(in_unlabeled).logits, model(in_labeled).logits
+        weight = self.config.unlabeled_weight
+        dice_u, ce_u = self.mix_loss(logits_unlabeled, pseudo_a, label_a, box, outside_weight=weight)
+        dice_l, ce_l = self.mix_loss(logits_labeled, label_b, pseudo_b, box, inside_weight=weight)
+        return torch.cat([logits_unlabeled, logits_labeled]), (dice_u + dice_l + ce_u + ce_l) / 2, inputs
+
+    def training_step(self, labeled, unlabeled, progress, generator):
+        cfg = self.config
+        images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
+        n_labeled = images_l.shape[0]
+        unknown = labels_l.new_zeros((images_u.shape[0], *labels_l.shape[1:]))
+        strong, strong_labels = abd_strong_view(torch.cat([images_l, images_u]), torch.cat([labels_l, unknown]),
+                                                generator, cfg.cutout_probability, cfg.jitter_strength)
+        strong_l, strong_u, strong_labels_l = strong[:n_labeled], strong[n_labeled:], strong_labels[:n_labeled]
+        box = copy_paste_box(tuple(images_l.shape[-2:]), generator, cfg.box_fraction, images_l.device)
+
+        logits_1, bcp_1, inputs_1 = self._bcp_loss(self.model, *halves(images_l), *halves(images_u),
+                                                   *halves(labels_l), *self._pseudo_labels(images_u), box)
+        logits_2, bcp_2, inputs_2 = self._bcp_loss(self.model_2, *halves(strong_l), *halves(strong_u),
+                                                   *halves(strong_labels_l), *self._pseudo_labels(strong_u), box)
+        probs_1, probs_2 = torch.softmax(logits_1.float(), dim=1), torch.softmax(logits_2.float(), dim=1)
+        confidence_1, pseudo_1 = probs_1.detach().max(dim=1)
+        confidence_2, pseudo_2 = probs_2.detach().max(dim=1)
+        cross_1, cross_2 = self.cross_dice(probs_1, pseudo_2), self.cross_dice(probs_2, pseudo_1)
+
+        adaptive = host_to_device(torch.rand(inputs_1.shape[0], generator=generator) < cfg.adaptive_probability,
+                                  inputs_1.device)
+        displaced = adaptive_bidirectional_displacement(inputs_1, inputs_2, confidence_1, confidence_2,
+                                                        logits_1.detach(), logits_2.detach(), adaptive,
+                                                        cfg.patch_grid, cfg.top_patches)
+        displaced_1 = torch.softmax(self.model(displaced).logits.float(), dim=1)
+        displaced_2 = torch.softmax(self.model_2(displaced).logits.float(), dim=1)
+        cross_3 = self.cross_dice(displaced_1, displaced_2.detach().argmax(dim=1))
+        cross_4 = self.cross_dice(displaced_2, displaced_1.detach().argmax(dim=1))
+        loss = bcp_1 + cross_1 + cross_3 + bcp_2 + cross_2 + cross_4
+        return {"loss": loss, "bcp_1": bcp_1.detach(), "bcp_2": bcp_2.detach(),
+                "cross": (cross_1 + cross_2).detach(), "cross_displaced": (cross_3 + cross_4).detach()}
+
+
+def stages(config: Config) -> list[Stage]:
+    """Stage 1 (`pretrain/`, BCP's with ABD's Dice) then stage 2 (`selftrain/`) from stage 1's best student."""
+    return copy_paste_stages(config, config.abd, lambda num_classes: ABDSelfTrain(num_classes, config.abd))
