@@ -90,7 +90,8 @@ def test_train_without_data_and_with_a_bad_override(tmp_path, capsys):
 
 def test_evaluate_a_missing_run(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path)]) == 2
-    assert "best.pt" in one_line_error(capsys, "evaluate")
+    assert one_line_error(capsys, "evaluate") == (f"mona evaluate: error: {tmp_path}: not a run folder: no "
+                                                  "config.yaml or checkpoint; give the folder `mona train --out` wrote")
 
 
 @pytest.fixture(scope="module")

@@ -249,7 +249,7 @@ def test_unusable_run_is_fatal(trained, tmp_path, capsys, problem):
                  "--checkpoint", checkpoint, "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("mona predict: error: ") and err.count("\n") == 1
-    expected = {"missing": str(run_dir), "empty": str(run_dir / "best.pt"), "corrupt": str(run_dir / "best.pt"),
+    expected = {"missing": str(run_dir), "empty": f"{run_dir}: not a run folder", "corrupt": str(run_dir / "best.pt"),
                 "classes": checkpoint}[problem]
     assert expected in err
     assert not (tmp_path / "out").exists()
@@ -335,3 +335,31 @@ def test_amp_only_where_bf16_is_faster(monkeypatch):
     monkeypatch.setattr(predict_module, "fast_bf16", lambda device: True)
     assert inference_amp(True, torch.device("cpu")) is True
     assert inference_amp(False, torch.device("cpu")) is False
+
+
+def test_an_unfinished_run_is_refused_unless_asked_for(trained, tmp_path, capsys):
+    """#46.5: a run short of its iterations (still training, or stopped) is named as unfinished; --unfinished
+    uses its checkpoint so far."""
+    root, run = trained
+    copy = shutil.copytree(run, tmp_path / "run")
+    (copy / "stages.json").write_text(json.dumps([{"name": "", "iterations": 120}]))
+    name, image, _ = phantom_case(root)
+    source = write_nifti(tmp_path / "in" / f"{name}.nii.gz", image * 900 + 100)
+    args = ["predict", "-m", str(copy), "-i", str(source), "-o", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mona predict: error: {copy}: the run is unfinished (training at iteration 60 of 120): finish it (mona "
+        f"train --resume {copy}), or use its checkpoint so far with --unfinished (Python: unfinished=True)")
+    assert main([*args, "--unfinished"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"note: {copy} is unfinished (training at iteration 60 of 120): using its checkpoint so far")
+    assert (tmp_path / "out" / f"{name}.nii.gz").is_file()
+
+
+def test_a_dataset_folder_is_not_a_run(trained, tmp_path, capsys):
+    """#46.5: `-m prepared/` names what the folder is."""
+    root, _ = trained
+    assert main(["predict", "-m", str(root), "-i", str(root), "-o", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"mona predict: error: {root}: not a run folder: a prepared dataset (mona.json), no config.yaml or "
+        "checkpoint; give the folder `mona train --out` wrote")

@@ -1,6 +1,8 @@
 """docs/own-data.md at tiny size: scans with a few masks -> prepare -> train (no --labeled) ->
 evaluate -> predict, then the README's Python example on the same run."""
 
+import json
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -73,3 +75,56 @@ def test_python_api_trains_from_a_prepared_folder(walkthrough, tmp_path):
     result = mona.train(config)
     assert result["best"]["iteration"] == 2 and (tmp_path / "run" / "best.pt").is_file()
     assert set(mona.METHODS) >= {"supervised", "mean_teacher", "mona"}
+
+
+@pytest.fixture(scope="module")
+def binary_masks(tmp_path_factory):
+    """Own scans with 0/255 masks for 3 of 4 patients (a mask as many tools save it), prepared and trained."""
+    root = tmp_path_factory.mktemp("binary")
+    assert main(["synth", str(root / "mydata"), "--patients", "4", "--size", "32", "32", "--scans-with-masks",
+                 "3"]) == 0
+    for mask in (root / "mydata" / "masks").glob("*.nii.gz"):
+        image = nib.load(mask)
+        binary = np.where(np.asarray(image.dataobj) > 0, 255, 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(binary, image.affine, image.header), mask)
+    assert main(["prepare", "folder", "--images", str(root / "mydata" / "scans"), "--masks",
+                 str(root / "mydata" / "masks"), str(root / "prepared"), "--test-fraction", "0"]) == 0
+    assert main(["train", "--data", str(root / "prepared"), "--method", "supervised", "--out", str(root / "run"),
+                 *TINY]) == 0
+    return root
+
+
+def test_masks_come_out_in_the_users_values_and_partial_truths_are_scored(binary_masks, capsys):
+    """#46.1 and #46.2: every scan gets its mask, in the 0/255 of the user's masks; the scans with a mask
+    are scored against it, and the others are counted, not failed."""
+    root = binary_masks
+    capsys.readouterr()
+    assert main(["predict", "-m", str(root / "run"), "-i", str(root / "mydata" / "scans"), "-o",
+                 str(root / "predicted"), "--truth", str(root / "mydata" / "masks"), "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2] == (f"2 of 8 cases have no truth volume in {root / 'mydata' / 'masks'}: their masks are written, "
+                       "not scored")
+    assert out[-1].startswith("8 cases done, 0 failed")
+    masks = sorted((root / "predicted").glob("*.nii.gz"))
+    assert len(masks) == 8 and all(set(np.unique(np.asarray(nib.load(m).dataobj))) <= {0, 255} for m in masks)
+    summary = json.loads((root / "predicted" / "summary.json").read_text())
+    assert summary["cases"] == 6 and summary["unscored"] == ["phantom004_frame01", "phantom004_frame02"]
+    scan = root / "mydata" / "scans" / "phantom004_frame01.nii.gz"
+    assert np.array_equal(mona.load_predictor(root / "run").segment_file(scan),
+                          np.asarray(nib.load(root / "predicted" / scan.name).dataobj))  # the API: the same values
+
+
+def test_evaluate_reads_masks_in_their_own_values(binary_masks, capsys):
+    """#46.2: `evaluate --pred --truth` takes the user's 0/255 masks with --label-values, and says so without."""
+    root = binary_masks
+    pred, truth = root / "predicted-all", root / "mydata" / "masks"
+    assert main(["predict", "-m", str(root / "run"), "-i", str(root / "mydata" / "scans"), "-o", str(pred),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--num-classes", "2"]) == 2
+    first = sorted(truth.iterdir())[0]
+    assert capsys.readouterr().err.strip() == (
+        f"mona evaluate: error: {first}: label values must lie in 0..1, found 0..255; masks in other values (e.g. "
+        "0/255) are read with --label-values 0 255")
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--label-values", "0", "255"]) == 0
+    assert "mean (std) over 6 cases" in capsys.readouterr().out

@@ -11,12 +11,16 @@ unless --checkpoint says otherwise. NIfTI scans get the training preprocessing (
 slicing axis and normalisation from the run's dataset mona.json, see mona.evaluation.predict);
 h5 volumes are taken as prepared. Each mask is written to OUT under the input's case name (as
 nnU-Net: `case_0000.nii.gz` gives `case.nii.gz`), as uint8 in the input's shape, voxel order,
-affine and header (h5: key `label`).
+affine and header (h5: key `label`). A NIfTI scan's mask holds the values of the masks the run's
+dataset was prepared from (0/255 masks give 0/255 masks); an h5 volume's holds class indices.
+A run that is still training, or stopped before it ended, is refused: --unfinished uses its
+checkpoint so far (not post-processed: the choice is made when training ends).
 
 --probabilities adds per-class float32 maps (h5 key `probabilities`, or OUT/probabilities/ as
 4D NIfTI, before post-processing); --overlay writes OUT/overlays/<name>.png;
 --truth DIR scores each case against the label volume of the same case name there into
-OUT/cases.csv and OUT/summary.json.
+OUT/cases.csv and OUT/summary.json (a NIfTI truth in the dataset's mask values, as the user's own
+masks); a case without a truth there is segmented and not scored.
 Post-processing (--postprocess): by default (val) each class where it raised val Dice keeps only
 its largest 3D connected component, as the run chose for its best checkpoint when training ended
 (RUN/postprocessing.json; a run without one, or another checkpoint, is not post-processed); none
@@ -34,6 +38,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mona.engine.run import POSTPROCESS
+from mona.engine.run_folder import run_root, unfinished_stages
 from mona.errors import MonaError
 from mona.evaluation.predict import FORMATS, find_inputs, inference_amp, load_predictor, predict_cases
 from mona.evaluation.report import format_table, summarize, write_csv, write_json
@@ -65,12 +70,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probability maps")
     parser.add_argument("--overlay", action="store_true", help="write a PNG montage of contours per case")
     parser.add_argument("--truth", type=Path, metavar="DIR", help="truth label volumes, matched by name: score them")
+    parser.add_argument("--unfinished", action="store_true",
+                        help="use the checkpoint so far of a run that has not finished training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
 
 def run(args: argparse.Namespace) -> int:
     predictor = load_predictor(args.model, args.checkpoint, args.device, batch_size=args.batch_size, tta=args.tta,
-                               postprocess=args.postprocess)
+                               postprocess=args.postprocess, unfinished=args.unfinished)
+    left = unfinished_stages(run_root(args.model)) if args.unfinished else ""
+    if left:
+        print(f"note: {args.model} is unfinished ({left}): using its checkpoint so far")
     predictor.amp = inference_amp(args.amp, predictor.device)
     inputs = find_inputs(args.input)
     if args.truth is not None and not args.truth.is_dir():
@@ -80,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     kept = ", ".join(predictor.class_names[c] for c in predictor.largest_component) or "none"
     print(f"{predictor.checkpoint} (iteration {predictor.iteration}, {predictor.num_classes} classes) on "
           f"{predictor.device}, largest component only: {kept}: {len(inputs)} case(s) -> {args.out}")
-    rows, failed, start = [], [], time.perf_counter()
+    rows, failed, unscored, start = [], [], [], time.perf_counter()
     cases = predict_cases(predictor, inputs, args.out, truth_dir=args.truth, fmt=args.format,
                           probabilities=args.probabilities, overlay=args.overlay)
     with tqdm(cases, total=len(inputs), unit="case", disable=args.no_progress, file=sys.stderr) as bar:
@@ -90,14 +100,19 @@ def run(args: argparse.Namespace) -> int:
                 bar.write(f"mona predict: failed: {result}", file=sys.stderr)
             else:
                 rows += result.rows
+                if args.truth is not None and not result.rows:
+                    unscored.append(result.name)
     seconds = (time.perf_counter() - start) / len(inputs)
     if rows:
         summary = summarize(rows, predictor.class_names)
         summary.update(run=str(args.model), checkpoint=str(predictor.checkpoint), iteration=predictor.iteration,
                        postprocess=args.postprocess, largest_component=list(predictor.largest_component),
-                       failed=[str(path) for path in failed])
+                       failed=[str(path) for path in failed], unscored=unscored)
         write_csv(rows, args.out / "cases.csv")
         write_json(summary, args.out / "summary.json")
         print(format_table(summary))
+    if unscored:
+        print(f"{len(unscored)} of {len(inputs)} cases have no truth volume in {args.truth}: their masks are "
+              "written, not scored")
     print(f"{len(inputs) - len(failed)} cases done, {len(failed)} failed, {seconds:.2f} s per case")
     return 1 if failed else 0

@@ -35,7 +35,9 @@ from mona.errors import MonaError
 from mona.randomness import host_to_device
 
 ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
-PREPROCESSING_KEYS = ("normalisation", "orientation", "slicing_axis")
+# How raw scans became the arrays, and which raw mask value each class index stands for (`label_values`,
+# own data: `mona predict` writes masks in those values)
+PREPROCESSING_KEYS = ("normalisation", "orientation", "slicing_axis", "label_values")
 
 
 def volume_of(slice_name: str) -> str:
@@ -98,8 +100,9 @@ class DatasetInfo:
 
     @property
     def preprocessing(self) -> dict:
-        """How raw scans became this dataset's arrays (normalisation, orientation, slicing axis), from
-        `mona.json`; every checkpoint carries it, so `predict` needs the run folder alone."""
+        """How raw scans became this dataset's arrays (normalisation, orientation, slicing axis) and the
+        raw mask values of the classes, from `mona.json`; every checkpoint carries it, so `predict`
+        needs the run folder alone."""
         meta = self.metadata.get("preprocessing") or self.metadata
         return {"normalisation": "minmax", **{key: meta[key] for key in PREPROCESSING_KEYS if key in meta}}
 

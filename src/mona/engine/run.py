@@ -18,7 +18,7 @@ from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
 from mona.engine import distributed
 from mona.engine.checkpoint import load_checkpoint, load_weights, student_weights
 from mona.engine.environment import describe
-from mona.engine.run_folder import RunLock, RunLog, claim, record_stages, run_root, stage_folders
+from mona.engine.run_folder import RunLock, RunLog, claim, is_run_folder, record_stages, run_root, stage_folders
 from mona.engine.trainer import Trainer, precision, resolve_amp, resolve_device
 from mona.errors import MonaError, RunInterrupted
 from mona.evaluation.inference import predict_volume
@@ -232,6 +232,11 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch
     """The student network of a run's checkpoint (`best`, `last` or a file path), and the checkpoint."""
     if not Path(run_dir).is_dir():
         raise MonaError("run folder not found", run_dir)
+    root = run_root(run_dir)
+    if checkpoint in ("best", "last") and not (is_run_folder(root) or (root / f"{checkpoint}.pt").is_file()):
+        what = "a prepared dataset (mona.json), " if (Path(run_dir) / "mona.json").is_file() else ""
+        raise MonaError(f"not a run folder: {what}no config.yaml or checkpoint; give the folder `mona train --out` "
+                        "wrote", run_dir)
     path = run_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
     model = UNet(1, state["num_classes"])

@@ -61,6 +61,37 @@ def stage_folders(run_dir: str | Path) -> list[Path]:
     return [run_dir / stage["name"] if stage["name"] else run_dir for stage in read_stages(run_dir)]
 
 
+def last_validated(stage_dir: Path) -> int:
+    """The iteration of a stage's last val record in its `metrics.jsonl` (0 for none); a torn line is skipped."""
+    path = stage_dir / "metrics.jsonl"
+    done = 0
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("split") == "val":
+            done = max(done, int(record["iteration"]))
+    return done
+
+
+def unfinished_stages(run_dir: Path) -> str:
+    """What a run has left to train, e.g. "stage finetune at iteration 40 of 120"; "" when every stage
+    recorded in stages.json has validated its last iteration (a stage validates when it ends). Runs
+    from before stages.json recorded iterations count as finished."""
+    left = []
+    for stage in read_stages(run_dir):
+        if "iterations" not in stage:
+            continue
+        done = last_validated(run_dir / stage["name"] if stage["name"] else run_dir)
+        if done < stage["iterations"]:
+            which = f"stage {stage['name']}" if stage["name"] else "training"
+            left.append(f"{which} at iteration {done} of {stage['iterations']}" if done else f"{which} not begun")
+    if left and (run_dir / ".lock").is_file():
+        left.append("its .lock says a process is training it")
+    return "; ".join(left)
+
+
 def record_stages(run_dir: Path, stages: list[dict]) -> None:
     """Add `stages` to `RUN/stages.json`, keeping earlier ones (a `--stage finetune` after a
     `--stage pretrain` run records both); a stage recorded before takes its new values (a resumed

@@ -12,6 +12,11 @@ Where the preprocessing comes from: the checkpoint's `preprocessing` when not em
 `mona.json` of the run's dataset (the checkpoint's `config.data.root`), whose `normalisation`,
 `orientation` and `slicing_axis` say how `mona prepare` read the raw NIfTIs (see
 `preprocessing_from_metadata`); without either, SSL4MIS's: min-max per volume, stored voxel order.
+
+Mask values: a dataset prepared from own masks records the raw value of each class
+(`label_values`, e.g. 0/255, or 0/1/2/4), and the mask of a NIfTI scan is written in those values,
+as the user's own masks hold them; a truth NIfTI given to score against is read in them too. An h5
+volume, taken as prepared, keeps class indices, as prepared volumes do.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ import numpy as np
 import torch
 
 from mona.data.io import Volume, atomic_path, case_name, check_labels, read_volume, split_name, write_label_volume
-from mona.data.prepare.common import h5_axes, minmax, percentile_window, window
+from mona.data.prepare.common import h5_axes, map_labels, minmax, percentile_window, window
 from mona.engine.run import load_run_model, postprocessed_classes, run_checkpoint
+from mona.engine.run_folder import run_root, unfinished_stages
 from mona.engine.trainer import fast_bf16, resolve_device
 from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
@@ -95,11 +101,25 @@ class Layout:
 @dataclass(frozen=True)
 class Preprocessing:
     """How training volumes were read: `normalisation` (a `mona.json` string), reorientation to
-    closest RAS (`canonical`) and the NIfTI axis the network slices (after reorientation)."""
+    closest RAS (`canonical`), the NIfTI axis the network slices (after reorientation), and the raw
+    mask value of each class (`label_values`; empty: the class indices themselves)."""
 
     normalisation: str = "minmax"
     canonical: bool = False
     slicing_axis: int = 2
+    label_values: tuple[int, ...] = ()
+
+    def to_values(self, labels: np.ndarray) -> np.ndarray:
+        """Class indices -> the dataset's raw mask values (unchanged without `label_values`)."""
+        if not self.label_values:
+            return labels
+        return np.asarray(self.label_values, dtype=np.uint8)[labels]
+
+    def from_values(self, values: np.ndarray, path: Path) -> np.ndarray:
+        """A mask in the raw values -> class indices; a value no class has is an error naming the file."""
+        if not self.label_values:
+            return values
+        return map_labels(values, {value: index for index, value in enumerate(self.label_values)}, path)
 
     def normalise(self, image: np.ndarray) -> np.ndarray:
         for pattern, function in _NORMALISATIONS.items():
@@ -125,13 +145,16 @@ def preprocessing_from_metadata(meta: dict, source: str | Path | None = None) ->
     """
     meta = meta.get("preprocessing") or meta
     normalisation = str(meta.get("normalisation") or "minmax")
+    values = tuple(int(v) for v in meta.get("label_values") or ())
+    if values == tuple(range(len(values))) or max(values, default=0) > 255:
+        values = ()  # the class indices themselves; values beyond uint8 are written as class indices
     if "orientation" not in meta:
-        found = Preprocessing(normalisation)
+        found = Preprocessing(normalisation, label_values=values)
     else:
         axis = meta.get("slicing_axis", 2)
         if axis not in (0, 1, 2):
             raise MonaError(f"slicing_axis must be 0, 1 or 2, found {axis!r}", source)
-        found = Preprocessing(normalisation, str(meta["orientation"]).startswith("RAS"), axis)
+        found = Preprocessing(normalisation, str(meta["orientation"]).startswith("RAS"), axis, values)
     try:
         found.normalise(np.zeros((1, 1, 1), dtype=np.float32))
     except MonaError as error:
@@ -186,17 +209,24 @@ def scan_affine(affine: np.ndarray | None, spacing=None) -> np.ndarray:
 @dataclass
 class Segmentation:
     """One predicted scan: the network `image` (D, H, W), its class `probabilities` (C, D, H, W),
-    `labels` (D, H, W) in the network's order, and the `layout` back to the input's order."""
+    `labels` (D, H, W) in the network's order, the `layout` back to the input's order, and the
+    `preprocessing` whose raw mask values the `mask` is written in."""
 
     layout: Layout
     image: np.ndarray
     probabilities: torch.Tensor
     labels: np.ndarray
+    preprocessing: Preprocessing = Preprocessing()
+
+    @property
+    def values(self) -> np.ndarray:
+        """The labels in the dataset's raw mask values (module docstring), in the network's order."""
+        return self.preprocessing.to_values(self.labels)
 
     @property
     def mask(self) -> np.ndarray:
-        """The labels in the input's own array order (NIfTI x, y, z)."""
-        return np.ascontiguousarray(self.layout.to_raw(self.labels))
+        """The mask in the dataset's raw mask values and the input's own array order (NIfTI x, y, z)."""
+        return np.ascontiguousarray(self.layout.to_raw(self.values))
 
 
 @dataclass
@@ -222,7 +252,8 @@ class Predictor:
                               batch_size=self.batch_size, tta=self.tta)
 
     def segment(self, image: np.ndarray, affine: np.ndarray | None = None, spacing=None) -> np.ndarray:
-        """The uint8 label mask of a scan, in the scan's own array order.
+        """The uint8 mask of a scan, in the scan's own array order and the raw values of the masks
+        the run's dataset was prepared from (0/255 masks give 0/255; otherwise the class indices).
 
         `image` is 3D in NIfTI voxel order (x, y, z), raw intensities; `affine` maps its indices
         to world mm (without one: diagonal in `spacing` along its axes, or 1 mm). The scan is
@@ -233,8 +264,9 @@ class Predictor:
         return self.segmentation(image, affine, spacing).mask
 
     def segment_file(self, path: str | Path) -> np.ndarray:
-        """The mask of a NIfTI file, in nibabel's order (aligned with `nib.load(path).get_fdata()`),
-        or of an h5 volume, in its (D, H, W) order: what `mona predict` writes, as an array."""
+        """The mask of a NIfTI file, in nibabel's order (aligned with `nib.load(path).get_fdata()`) and
+        the dataset's mask values, or of an h5 volume, in its (D, H, W) order and class indices: what
+        `mona predict` writes, as an array."""
         path = Path(path)
         found = self.volume_segmentation(read_volume(path), path)
         return found.labels if split_name(path)[1] == ".h5" else found.mask
@@ -269,17 +301,25 @@ class Predictor:
         """Segment a (D, H, W) volume already in the network's order and normalised (an h5 volume)."""
         probs = self.probabilities(image)
         return Segmentation(layout, image, probs,
-                            labels_from_probabilities(probs, self.largest_component))
+                            labels_from_probabilities(probs, self.largest_component), self.preprocessing)
 
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", amp: bool = False,
-                   batch_size: int = 32, tta: bool = False, postprocess: str = "val") -> Predictor:
+                   batch_size: int = 32, tta: bool = False, postprocess: str = "val",
+                   unfinished: bool = False) -> Predictor:
     """A run's `best` (on val), `last` or given checkpoint file, on `device`; `amp` is taken as is.
     `postprocess`: which classes keep only their largest connected component, "val" (the run's
-    choice on val for its best checkpoint, RUN/postprocessing.json), "none" or "all" (`postprocessed_classes`)."""
+    choice on val for its best checkpoint, RUN/postprocessing.json), "none" or "all" (`postprocessed_classes`).
+    A run still training, or stopped before its last stage ended, is refused unless `unfinished`: its
+    checkpoint so far is an intermediate one, and post-processing is chosen only when training ends."""
     run_dir = Path(run_dir)
     if batch_size < 1:
         raise MonaError(f"batch size must be at least 1, got {batch_size}")
+    if checkpoint in ("best", "last") and not unfinished and Path(run_dir).is_dir():
+        progress = unfinished_stages(run_root(run_dir))
+        if progress:
+            raise MonaError(f"the run is unfinished ({progress}): finish it (mona train --resume {run_root(run_dir)}),"
+                            " or use its checkpoint so far with --unfinished (Python: unfinished=True)", run_dir)
     model, state = load_run_model(run_dir, checkpoint)
     path = run_checkpoint(run_dir, checkpoint)
     missing = [key for key in ("image_size", "config") if key not in state]
@@ -333,15 +373,16 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *,
     if output.resolve() == path.resolve():
         raise MonaError("the output would overwrite this input: choose another output folder", path)
     volume = read_volume(path)
-    truth_volume = None if truth is None else _read_truth(Path(truth), volume, predictor.num_classes)
+    truth_volume = None if truth is None else _read_truth(Path(truth), volume, predictor)
     found = predictor.volume_segmentation(volume, path)
     layout, labels = found.layout, found.labels
     result = CaseResult(name, path, output)
     maps = layout.to_raw(found.probabilities.numpy().transpose(1, 2, 3, 0)) if probabilities else None  # (x, y, z, C)
+    written = labels if split_name(path)[1] == ".h5" else found.values  # module docstring: mask values
     if maps is not None and output.suffix == ".h5":
-        _write_h5(output, layout.to_io(labels), maps.transpose(3, 2, 1, 0), volume.spacing)
+        _write_h5(output, layout.to_io(written), maps.transpose(3, 2, 1, 0), volume.spacing)
     else:
-        write_label_volume(output, layout.to_io(labels), volume)
+        write_label_volume(output, layout.to_io(written), volume)
     if maps is not None and output.suffix != ".h5":
         _write_nifti(out_dir / "probabilities" / output.name, maps, volume)
     if truth_volume is not None:
@@ -356,11 +397,14 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *,
     return result
 
 
-def _read_truth(path: Path, volume: Volume, num_classes: int) -> Volume:
+def _read_truth(path: Path, volume: Volume, predictor: Predictor) -> Volume:
+    """A truth volume as class indices: a NIfTI in the dataset's mask values (module docstring), an h5 as is."""
     truth = read_volume(path, labels_only=True)
     if truth.label.shape != volume.shape:
         raise MonaError(f"truth shape {truth.label.shape} differs from the input's {volume.shape}", path)
-    check_labels(truth.label, num_classes, path)
+    if split_name(path)[1] != ".h5":
+        truth.label = predictor.preprocessing.from_values(truth.label, path)
+    check_labels(truth.label, predictor.num_classes, path)
     return truth
 
 
@@ -401,16 +445,11 @@ def find_inputs(path: str | Path) -> list[Path]:
 def predict_cases(predictor: Predictor, inputs: list[Path], out_dir: str | Path, *,
                   truth_dir: str | Path | None = None, **options) -> Iterator[tuple[Path, CaseResult | MonaError]]:
     """`predict_file` each input in turn (`options` are its keywords), yielding (input, result or the
-    MonaError that stopped it): a bad case does not stop the others. Truths are matched by name."""
-    truths = None if truth_dir is None else volumes_by_name(Path(truth_dir))
+    MonaError that stopped it): a bad case does not stop the others. Truths are matched by name; a
+    case without one is segmented and not scored (its result has no rows)."""
+    truths = {} if truth_dir is None else volumes_by_name(Path(truth_dir))
     for path in inputs:
         try:
-            truth = None
-            if truths is not None:
-                name = case_name(path)
-                if name not in truths:
-                    raise MonaError(f"no truth volume named {name!r} in {truth_dir}", path)
-                truth = truths[name]
-            yield path, predict_file(predictor, path, out_dir, truth=truth, **options)
+            yield path, predict_file(predictor, path, out_dir, truth=truths.get(case_name(path)), **options)
         except MonaError as error:
             yield path, error

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from mona.data.io import EXTENSIONS, atomic_path, case_name, check_labels, read_volume
+from mona.data.prepare.common import map_labels
 from mona.errors import MonaError
 from mona.evaluation.metrics import score_case
 
@@ -113,8 +114,12 @@ def compare_folders(
     truth_dir: str | Path,
     num_classes: int,
     spacing_from: str = "truth",
+    label_values: list[int] | None = None,
 ) -> tuple[list[dict], dict]:
     """Score every truth volume against the prediction of the same name (formats may differ).
+
+    `label_values` are the values the masks hold for classes 0, 1, ... (e.g. [0, 255]), when they
+    are not the class indices; a value outside them is an error naming the file.
 
     Extensions (.nii.gz, .nii, .h5) are ignored in matching; a truth without a
     prediction is an error, extra predictions are ignored. Distances use the spacing
@@ -133,6 +138,10 @@ def compare_folders(
             raise MonaError(f"no prediction named {name!r} in {pred_dir}", truth_path)
         pred_path = preds[name]
         truth, pred = read_volume(truth_path, labels_only=True), read_volume(pred_path, labels_only=True)
+        if label_values is not None:
+            classes = {value: index for index, value in enumerate(label_values)}
+            truth.label, pred.label = map_labels(truth.label, classes, truth_path), map_labels(pred.label, classes,
+                                                                                                 pred_path)
         check_labels(truth.label, num_classes, truth_path)
         check_labels(pred.label, num_classes, pred_path)
         if pred.label.shape != truth.label.shape:
