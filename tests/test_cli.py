@@ -260,3 +260,33 @@ def test_the_postprocessing_line_agrees_with_its_classes(tmp_path, monkeypatch, 
     said = []
     run_module._choose_postprocessing(tmp_path, torch.device("cpu"), said.append, ["background", "RV", "Myo", "LV"])
     assert said == [f"postprocessing chosen on val: {line}", "  val Dice raw -> largest component: RV 50.0 -> 60.0"]
+
+
+def test_report_of_a_single_run_and_of_a_folder_of_runs(tiny_run, tmp_path, capsys):
+    """#46.10: `mona report RUN` reports a user's own run (after `mona evaluate RUN --split test`), and
+    `mona report RUNS/` the runs in it; the page names the run's own settings, machine and precision."""
+    import shutil
+
+    from mona.engine.environment import one_line
+
+    run = shutil.copytree(tiny_run, tmp_path / "runs" / "mine", ignore=shutil.ignore_patterns("eval_test_*"))
+    assert main(["report", str(run)]) == 2
+    assert one_line_error(capsys, "report") == (
+        f"mona report: error: {run}: no finished runs: none of the 1 run folder(s) here is scored on its test split "
+        f"yet; score each with mona evaluate RUN --split test (e.g. {run})")
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert one_line_error(capsys, "report") == (f"mona report: error: {tmp_path / 'empty'}: no run folders here: give "
+                                                "a run folder, a folder of runs, or a mona reproduce --out folder")
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 0
+    for folder in (run, tmp_path / "runs"):
+        assert main(["report", str(folder)]) == 0
+        lines = (folder / "report.md").read_text().splitlines()
+        assert lines[0] == "# Results of 1 finished runs"
+        assert lines[2].startswith("- Protocol: the runs' config.yaml; data.image_size=32, ")
+        environment = json.loads((run / "environment.json").read_text())[-1]
+        assert f"- Hardware: {one_line(environment)}" in lines
+        assert "- Paper Dice: You et al., Mine yOur owN Anatomy, TPAMI 2024 (arXiv 2209.13476), ACDC tables; not " \
+               "ACDC, so not shown" in lines
+        assert not (folder / "dice_vs_budget.png").exists() and "dice_vs_budget" not in "\n".join(lines)
+        assert (folder / "report.html").is_file()

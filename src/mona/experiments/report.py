@@ -1,4 +1,5 @@
 """The report of a grid folder (OUT/runs/<run>): results.csv, report.md and its PNG figures, report.html.
+OUT may also be a folder of run folders, or one run folder (a user's own run): the report goes there.
 
 Only finished runs (RUN/eval_test_best/summary.json) are read, so the report can be rebuilt
 at any time, also while a grid is still running. Aggregates are the mean and sample std
@@ -34,7 +35,7 @@ from mona.data.ssl4mis import ACDC_CLASSES, dataset_info, load_volumes
 from mona.engine.checkpoint import load_checkpoint
 from mona.engine.environment import describe, one_line
 from mona.engine.run import load_run_model, run_checkpoint
-from mona.engine.run_folder import stage_folders
+from mona.engine.run_folder import is_run_folder, stage_folders
 from mona.engine.trainer import resolve_device
 from mona.errors import MonaError
 from mona.evaluation.inference import predict_volume
@@ -69,6 +70,7 @@ PAPER_ACDC_DICE = {
 PROTOCOL_KEYS = ("data.image_size", "data.batch_labeled", "data.batch_unlabeled", "train.iterations",
                  "train.val_every", "train.amp", "optim.lr", "mona.pretrain_iterations",
                  "mona.finetune_batch_labeled", "mona.finetune_batch_unlabeled", "mona.representation_stride")
+PAPER_SOURCE = "You et al., Mine yOur owN Anatomy, TPAMI 2024 (arXiv 2209.13476), ACDC tables"
 MONTAGE_SLICES = 3
 BROWSER_VOLUMES = 3  # test volumes with a slice browser in report.html
 
@@ -108,19 +110,46 @@ def load_run(run_dir: Path) -> dict:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     timings = [stage_timing(stage) for stage in stage_folders(run_dir)]
     seconds, iterations = sum(s for s, _ in timings), sum(i for _, i in timings)
-    hw = run_dir / "hardware.txt"
     return {
         "name": run_dir.name, "dir": run_dir, "config": config, "variant": variant_of(config),
         "labeled": str(config["data"]["labeled"]), "seed": config["train"]["seed"],
         "summaries": {c: json.loads((run_dir / f"eval_test_{c}" / "summary.json").read_text()) for c in CHECKPOINTS
                       if (run_dir / f"eval_test_{c}" / "summary.json").is_file()},
         "train_seconds": seconds, "sec_per_iter": seconds / iterations if iterations else float("nan"),
-        "hardware": hw.read_text().strip() if hw.is_file() else "",
+        "hardware": run_hardware(run_dir),
     }
 
 
+def run_hardware(run_dir: Path) -> str:
+    """The machine and precision a run trained on: its `hardware.txt` (grid runs), else the last start
+    recorded in its `environment.json`; "" for a run from before either."""
+    if (run_dir / "hardware.txt").is_file():
+        return (run_dir / "hardware.txt").read_text().strip()
+    try:
+        return one_line(json.loads((run_dir / "environment.json").read_text())[-1])
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return ""
+
+
+def run_folders(out: Path) -> list[Path]:
+    """The run folders a report of OUT covers: OUT/runs/* (a `mona reproduce` folder), OUT itself when
+    it is a run, else the runs directly in OUT (a folder of runs)."""
+    if (out / "runs").is_dir():
+        return [d for d in sorted((out / "runs").iterdir()) if d.is_dir()]
+    if is_run_folder(out):
+        return [out]
+    return [d for d in sorted(out.iterdir()) if is_run_folder(d)] if out.is_dir() else []
+
+
 def collect(out: Path) -> list[dict]:
-    runs = [load_run(d) for d in sorted((out / "runs").glob("*")) if d.is_dir() and is_finished(d)]
+    folders = run_folders(out)
+    if not folders:
+        raise MonaError("no run folders here: give a run folder, a folder of runs, or a mona reproduce --out "
+                        "folder", out)
+    runs = [load_run(d) for d in folders if is_finished(d)]
+    if not runs:
+        raise MonaError(f"no finished runs: none of the {len(folders)} run folder(s) here is scored on its test "
+                        f"split yet; score each with mona evaluate RUN --split test (e.g. {folders[0]})", out)
     return sorted(runs, key=lambda r: (variant_key(r["variant"]), budget_key(r["labeled"]), r["seed"]))
 
 
@@ -281,7 +310,7 @@ def paired_table(runs: list[dict]) -> Table | None:
 def protocol_lines(out: Path, runs: list[dict]) -> list[str]:
     """The preset named at `mona reproduce` (OUT/grid.json) and the settings the runs used."""
     grid = out / "grid.json"
-    preset = json.loads(grid.read_text())["protocol"] if grid.is_file() else "unknown"
+    preset = f"`{json.loads(grid.read_text())['protocol']}` preset" if grid.is_file() else "the runs' config.yaml"
     settings = []
     for key in PROTOCOL_KEYS:
         section, name = key.split(".")
@@ -290,7 +319,7 @@ def protocol_lines(out: Path, runs: list[dict]) -> list[str]:
         if values:
             settings.append(f"{key}={'/'.join(values)}")
     data = sorted({os.path.normpath(r["config"]["data"]["root"]) for r in runs})
-    return [f"- Protocol: `{preset}` preset; " + ", ".join(settings),
+    return [f"- Protocol: {preset}; " + ", ".join(settings),
             f"- Data: {', '.join(data)}; checkpoints chosen on val Dice only (`best on val`), `last` = final "
             "iteration; `post-processed on val`: each class keeps only its largest connected component where "
             "that raised its val Dice (the masks `mona predict` writes); every other row is the raw argmax"]
@@ -395,22 +424,23 @@ def build_report(out: str | Path) -> Path:
     """Write OUT/results.csv, OUT/report.md and its figures from the finished runs; returns report.md."""
     out = Path(out)
     runs = collect(out)
-    if not runs:
-        raise MonaError("no finished runs (runs/<run>/eval_test_best/summary.json)", out)
     write_results_csv(runs, out / "results.csv")
     first = runs[0]
     acdc = acdc_like(first["config"]["data"]["root"], [c["name"] for c in first["summaries"]["best"]["classes"]])
     here = one_line(describe(resolve_device("auto"), "fp32"))
-    hardware_lines = sorted({r["hardware"] for r in runs if r["hardware"]}) or [f"{here} (report machine)"]
+    hardware_lines = (sorted({r["hardware"] for r in runs if r["hardware"]})
+                      or [f"{here} (the report's machine: the runs recorded none)"])
     total = sum(r["train_seconds"] for r in runs)
     lines = [f"# Results of {len(runs)} finished runs", "", *protocol_lines(out, runs), *unfinished_lines(out, runs),
              *(f"- Hardware: {h}" for h in hardware_lines),
              f"- Total training wall time: {total / 3600:.2f} h ({total:.0f} s, sum of the runs' train_seconds)",
-             f"- Paper Dice: MONA_SPEC sections 7-8 (ACDC){'' if acdc else '; not ACDC, so not shown'}"]
+             f"- Paper Dice: {PAPER_SOURCE}{'' if acdc else '; not ACDC, so not shown'}"]
     table_list = tables(runs, acdc) + [t for t in [paired_table(runs)] if t is not None]
-    lines += ["", *(line for table in table_list for line in markdown(table) + [""]), "## Figures", "",
-              "![Dice against label budget](dice_vs_budget.png)", ""]
-    plot_dice_vs_budget(runs, out / "dice_vs_budget.png")
+    lines += ["", *(line for table in table_list for line in markdown(table) + [""]), "## Figures", ""]
+    (out / "dice_vs_budget.png").unlink(missing_ok=True)  # an earlier build's, of other runs
+    if len({run["labeled"] for run in runs}) > 1:  # one budget draws no curve
+        plot_dice_vs_budget(runs, out / "dice_vs_budget.png")
+        lines += ["![Dice against label budget](dice_vs_budget.png)", ""]
     data_here = Path(first["config"]["data"]["root"]).is_dir()
     by_variant: dict[str, dict[str, dict]] = defaultdict(dict)
     for run in runs:
@@ -440,8 +470,9 @@ def write_html(out: Path, runs: list[dict], notes: list[str], table_list: list[T
     """OUT/report.html: the report's tables, Dice against budget, the learning curves of each budget
     and slice browsers of the first test volumes with the first seed of each method and budget
     (where the data folder and those runs' best.pt are here)."""
-    figures = [("Dice against label budget", png_uri(lambda buffer: buffer.write((out / "dice_vs_budget.png")
-                                                                                 .read_bytes())))]
+    budget_plot = out / "dice_vs_budget.png"
+    figures = [("Dice against label budget", png_uri(lambda buffer: buffer.write(budget_plot.read_bytes())))
+               ] if budget_plot.is_file() else []
     for labeled in sorted({r["labeled"] for r in runs}, key=budget_key):
         members = {r["name"]: r["dir"] for r in runs if r["labeled"] == labeled}
         figures.append((f"learning curves, {labeled} labeled", learning_curves(members, f"{labeled} labeled")))
