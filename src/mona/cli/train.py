@@ -15,7 +15,10 @@ latest (MONA: in RUN/pretrain and RUN/finetune), RUN/train.log what the console 
 MONA trains two stages: --iterations (train.iterations) sets stage 2's iterations, and
 stage 1 runs mona.pretrain_iterations (the cpu-small preset: 1000, paper: 30000; 0 = as many
 as stage 2), e.g. `--iterations 120 mona.pretrain_iterations=20`. The run says both when it
-starts and records them in RUN/stages.json.
+starts and records them in RUN/stages.json. BCP and ABD also train two stages (RUN/pretrain, then
+RUN/selftrain from stage 1's best checkpoint on val): stage 1 runs bcp.pretrain_iterations (abd.*),
+whose 0 (the default) means a third of --iterations, the ratio of their code (10000 : 30000).
+UniMatch, supervised and mean teacher train one stage. The peers' settings: docs/methods/peers.md.
 
 A run folder belongs to one run: a new run needs an empty --out (or --overwrite, which
 deletes the earlier run there), and a second process on a folder in use is refused.
