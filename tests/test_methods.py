@@ -1,4 +1,8 @@
-"""The method registry: every method declares stages that train, with named finite losses."""
+"""The method registry: every method declares stages that train, with named finite losses, and no
+step waits for the device except where a method's own algorithm needs the host."""
+
+import contextlib
+import importlib
 
 import pytest
 import torch
@@ -58,3 +62,91 @@ def test_mona_stage_list_follows_its_switches(overrides, names):
         assert finetune.init_from == ("" if "mona.pretrain=false" in overrides else "pretrain")
     if stages[0].name == "pretrain":
         assert stages[0].iterations == 5
+
+
+# Where a step may read a device tensor on the host, and why (function name -> reason)
+LIBRARY_CHECKS = {"_check_async": "kornia's argument checks: on CUDA torch._assert_async, which does not wait"}
+INHERENT_HOST_READS = {
+    "bcp": {"largest_component_labels": "BCP's pseudo-labels keep each class's largest connected component, "
+                                        "found on the host (scipy) as BCP's code does (skimage)"},
+    "abd": {"largest_component_labels": "BCP's pseudo-labels, as ABD's code builds them"},
+    "mona": {"_class_counts": "L_contrast's per-class counts decide how many numbers a step draws, and their "
+                              "range; drawing without them changes every later draw (losses/contrast.py)"},
+}
+# the modules that call each exempt function by its name there (patched for CUDA's sync check)
+EXEMPT_CALLERS = {"largest_component_labels": ("mona.methods.bcp", "mona.methods.abd"),
+                  "_class_counts": ("mona.losses.contrast",)}
+
+
+def two_steps(name, device, wrap_step=contextlib.nullcontext):
+    """Every stage of method `name` takes two steps (the second with filled queues and banks) on `device`."""
+    config = load_config([], [f"method={name}", "data.image_size=32", "data.batch_labeled=2",
+                              "data.batch_unlabeled=2", *TINY_MONA])
+    for stage in method_stages(config):
+        torch.manual_seed(0)
+        method = stage.build(4).to(device)
+        for step in range(2):
+            g = torch.Generator().manual_seed(step)
+            labeled = {"image": torch.rand(stage.batch_labeled, 1, 32, 32, generator=g).to(device),
+                       "label": torch.randint(0, 4, (stage.batch_labeled, 32, 32), generator=g).to(device)}
+            unlabeled = {"image": torch.rand(stage.batch_unlabeled, 1, 32, 32, generator=g).to(device)}
+            with wrap_step():
+                losses = method.training_step(labeled, unlabeled if method.uses_unlabeled else None, 0.5, g)
+            losses["loss"].backward()
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_no_step_reads_the_device_on_the_host(name, host_reads):
+    """The CPU stand-in for CUDA's sync check: no `.item()`, `.tolist()`, `.cpu()`, `bool(tensor)` or
+    data-dependent shape on a device tensor inside a step, but for the documented exemptions."""
+    found = []
+
+    @contextlib.contextmanager
+    def watched():
+        reads = host_reads(exempt=(*LIBRARY_CHECKS, *INHERENT_HOST_READS.get(name, {})))
+        with reads:
+            yield
+        found.extend(reads.found)
+
+    two_steps(name, "cpu", watched)
+    assert not found, "\n".join(dict.fromkeys(found))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", list(METHODS))
+def test_no_step_waits_for_cuda(name, monkeypatch):
+    """torch.cuda's sync debug mode raises on any wait for the GPU inside a step; the exempt functions
+    run with it off."""
+    for function in INHERENT_HOST_READS.get(name, {}):
+        for module_name in EXEMPT_CALLERS[function]:
+            module = importlib.import_module(module_name)
+            original = getattr(module, function)
+
+            def allowed(*args, _original=original, **kwargs):
+                torch.cuda.set_sync_debug_mode("default")
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    torch.cuda.set_sync_debug_mode("error")
+
+            monkeypatch.setattr(module, function, allowed)
+
+    @contextlib.contextmanager
+    def strict():
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    two_steps(name, "cuda", strict)
+
+
+def test_the_host_read_check_tells_host_draws_from_device_reads(host_reads):
+    model, g = torch.nn.Linear(2, 1), torch.Generator().manual_seed(0)
+    with host_reads() as reads:
+        int(torch.randint(3, (1,), generator=g)) + float(torch.rand(2, generator=g).sum())  # host draws: allowed
+        moved = torch.rand(2, generator=g).to("cpu")  # as `host_to_device` moves it: now on the device
+        bool(model.weight.sum() > 0), moved.tolist(), model.weight[model.weight > 0]
+    assert [found.split()[0] for found in reads.found] == ["__bool__", "tolist", "__getitem__"]

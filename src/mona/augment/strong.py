@@ -246,7 +246,7 @@ class StrongAugment:
             image, pseudo_label, confidence, _ = cutmix(image, pseudo_label, confidence, generator)
         image = color_jitter(image, generator, self.jitter_p, *self.jitter_range)
         image = gaussian_blur(image, generator, self.blur_p, self.blur_sigma)
-        if uniform(generator, (1,), 0.0, 1.0, "cpu").item() < self.deform_p:
+        if float(torch.rand(1, generator=generator, device=generator.device)) < self.deform_p:
             grid = random_diffeomorphism(generator, image.shape[0], tuple(image.shape[-2:]), self.grid,
                                          self.magnitude, self.steps, device=image.device,
                                          reading=self.diffeomorphism)

@@ -18,6 +18,20 @@ def _randint(high: int, n: int, generator: torch.Generator | None, device: torch
     return host_to_device(torch.randint(high, (n,), generator=generator, device=where), device)
 
 
+def _class_counts(anchor_counts: Tensor, negatives: Tensor) -> tuple[list[int], list[int]]:
+    """Anchors (C,) and negatives (B, C, H, W) per class, read on the host in one transfer: the
+    step's one wait for the device. It is inherent to the sampling as specified: a class with no
+    anchors, or an empty bank, draws nothing from the step's generator, and the counts bound the
+    draws, so drawing without them would change every later draw of the run."""
+    both = torch.stack([anchor_counts, negatives.sum(dim=(0, 2, 3))]).tolist()
+    return both[0], both[1]
+
+
+def _nonzero(mask: Tensor, count: int) -> Tensor:
+    """Row-major indices of the `count` True entries of `mask` (`count` known on the host: no wait)."""
+    return torch.nonzero_static(mask.flatten(), size=count).squeeze(1)
+
+
 ENTROPY_SPLITS = ("spec", "one_cut")
 """How `AnatomicalContrastLoss.select` reads alpha_t (see its docstring)."""
 
@@ -71,8 +85,10 @@ class AnatomicalContrastLoss(nn.Module):
 
     Shapes: `student`, `teacher` (B, D, H, W) pixel embeddings; `labels` (B, H, W) long
     (truth on labeled slices, pseudo-label on unlabeled); `probs` (B, C, H, W) teacher
-    softmax; `labeled` (B,) bool; `progress` t/T in [0, 1]; `bank` a `ClassMemoryBank`
-    with C classes and D-dim entries. Returns a scalar.
+    softmax; `labeled` (B,) bool, best on the host (it sets how many pixels are pooled, a
+    shape); `progress` t/T in [0, 1]; `bank` a `ClassMemoryBank` with C classes and D-dim
+    entries. Returns a scalar. On CUDA a step waits for the device once, for the per-class
+    counts (`_class_counts`).
 
     Example:
         >>> from mona.losses import ClassMemoryBank
@@ -129,8 +145,9 @@ class AnatomicalContrastLoss(nn.Module):
             k = min(max(math.ceil(flat.numel() * (100.0 - alpha) / 100.0), 1), flat.numel())
             gamma = self._kth(flat, k)
             return entropy <= gamma, entropy >= gamma
-        free = labeled.view(-1, 1, 1).to(entropy.device).expand_as(entropy)
-        pool = entropy[~free]
+        free = host_to_device(labeled, entropy.device).view(-1, 1, 1).expand_as(entropy)
+        unlabeled_images = (~labeled).nonzero().squeeze(1)  # on the host: an index, not a mask, reaches the device
+        pool = entropy.index_select(0, host_to_device(unlabeled_images, entropy.device)).flatten()
         if pool.numel() == 0:
             return free, free
         m = min(max(math.ceil(pool.numel() * alpha / 100.0), 1), pool.numel())
@@ -152,7 +169,7 @@ class AnatomicalContrastLoss(nn.Module):
         anchors = is_class & reliable & (p > self.anchor_threshold)
         hard_labeled = (rank < min(self.labeled_top, c)) & ~is_class
         hard_unlabeled = rank >= min(self.unlabeled_rank_start, c - 1)
-        hard = torch.where(labeled.view(b, 1, 1, 1).to(labels.device), hard_labeled, hard_unlabeled)
+        hard = torch.where(host_to_device(labeled, labels.device).view(b, 1, 1, 1), hard_labeled, hard_unlabeled)
         negatives = unreliable & (p < self.negative_threshold) & hard
         return anchors, negatives
 
@@ -207,15 +224,15 @@ class AnatomicalContrastLoss(nn.Module):
             counts = anchors.sum(dim=(0, 2, 3))  # (C,)
             prototypes = torch.einsum("bdhw,bchw->cd", keys, anchors.float())
             prototypes = F.normalize(prototypes / counts.clamp(min=1).unsqueeze(1), dim=1)
-            counts = counts.tolist()
+            counts, negative_counts = _class_counts(counts, negatives)
             target = torch.zeros(self.num_queries, dtype=torch.long, device=student.device)
             losses = []
             for cls in range(num_classes):
-                newest = negatives[:, cls].flatten().nonzero().squeeze(1)[-bank.queues[cls].size :]
+                newest = _nonzero(negatives[:, cls], negative_counts[cls])[-bank.queues[cls].size :]
                 bank.push(cls, keys_last[newest // (h * w), newest // w % h, newest % w])
                 if counts[cls] == 0 or bank.filled(cls) == 0:
                     continue
-                where = anchors[:, cls].flatten().nonzero().squeeze(1)  # (b, h, w) row-major pixel index
+                where = _nonzero(anchors[:, cls], counts[cls])  # (b, h, w) row-major pixel index
                 pick = where[_randint(counts[cls], self.num_queries, generator, where.device)]
                 query = F.normalize(pixels.index_select(0, pick).float(), dim=1)  # (Q, D)
                 draws = bank.sample_indices(cls, self.num_queries * self.num_negatives, generator)

@@ -21,7 +21,9 @@ class FeatureQueue(nn.Module):
 
     Buffers: `bank` (K, D) float32, `ptr` (the slot written next) and `count` (filled slots).
     While the queue is filling, the filled part is `bank[:count]`; once full, the next push
-    overwrites the oldest entries. A push of more than K rows keeps the newest K.
+    overwrites the oldest entries. A push of more than K rows keeps the newest K. `count` is
+    mirrored on the host (set by `push` from the pushed shape, and on loading a state dict), so
+    `len` and `items` never wait for the device to read it back.
 
     `gather_fn` is applied to every pushed batch first (identity by default); distributed
     training passes an all_gather there so that every rank stores the same queue.
@@ -51,6 +53,11 @@ class FeatureQueue(nn.Module):
         self.register_buffer("bank", torch.zeros(size, dim))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self._filled = 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._filled = int(self.count)  # once, on loading; never inside a step
 
     @torch.no_grad()
     def push(self, x: Tensor) -> None:
@@ -67,18 +74,20 @@ class FeatureQueue(nn.Module):
             self.bank.copy_(x[-self.size :])
             self.ptr.zero_()
             self.count.fill_(self.size)
+            self._filled = self.size
             return
         slots = (self.ptr + torch.arange(n, device=self.bank.device)) % self.size
         self.bank[slots] = x
         self.ptr.copy_((self.ptr + n) % self.size)
         self.count.copy_(torch.clamp(self.count + n, max=self.size))
+        self._filled = min(self._filled + n, self.size)
 
     def items(self) -> Tensor:
         """The filled part of the bank, (count, D), in storage order (a view, no copy)."""
         return self.bank[: len(self)]
 
     def __len__(self) -> int:
-        return int(self.count)
+        return self._filled
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}"

@@ -185,7 +185,7 @@ class MonaFinetune(Method):
                 teacher_all = self.teacher(inputs)
                 teacher_embeddings = self.teacher_rep_head(teacher_all.decoder)
                 teacher_probs = torch.softmax(teacher_all.logits.float(), dim=1)
-            is_labeled = torch.arange(inputs.shape[0], device=inputs.device) < n_labeled
+            is_labeled = torch.arange(inputs.shape[0]) < n_labeled  # on the host: it sets L_contrast's shapes
             size = tuple(embeddings.shape[-2:])
             contrast = self.contrast(
                 embeddings, teacher_embeddings, resize_labels(torch.cat([labels_l, pseudo_s]), size),
