@@ -1,13 +1,16 @@
 """A peer's official val curve beside mona's run of the same method, stage by stage.
 
-  python benchmarks/peer_curves.py PEER_LOG RUN [--json OUT.json]
+  python benchmarks/peer_curves.py PEER_LOG RUN [--iterations-per-epoch N] [--json OUT.json]
 
-PEER_LOG is the log of BCP's or ABD's official script run by `benchmarks/peer_bcp.sh` (its lines
+PEER_LOG is the log of an official script: BCP's or ABD's run by `benchmarks/peer_bcp.sh` (lines
 "iteration N : mean_dice : D", one run of lines per stage, each restarting at iteration 200; ABD
-logs "model1_mean_dice" and "model2_mean_dice" and student 1 is read); RUN is `mona train`'s run
-folder of the same method, budget and seed (its stages' metrics.jsonl). Both validate every 200
-iterations on the 20 val volumes with the mean foreground Dice per volume (the peer on
-nearest-resized slices, mona on bilinear-resized ones), so the curves compare point by point.
+logs "model1_mean_dice" and "model2_mean_dice" and student 1 is read), or UniMatch's run by
+`benchmarks/peer_unimatch.sh` (one "MeanDice: D" line, in %, per epoch: give
+--iterations-per-epoch, floor(unlabeled slices / batch), and epoch e is set at the end of its
+iterations, compared with mona's validation nearest to it). RUN is `mona train`'s run folder of the
+same method, budget and seed (its stages' metrics.jsonl). Both validate on the 20 val volumes with
+the mean foreground Dice per volume (the peers on nearest- or bilinear-resized slices, mona on
+bilinear-resized ones).
 Prints each stage's table, then per stage the best val Dice and the mean over the last third of
 the stage, each side by side with their difference.
 """
@@ -24,16 +27,22 @@ import numpy as np
 from mona.engine.run_folder import stage_folders
 
 PEER_LINE = re.compile(r"iteration (\d+) : (?:model1_)?mean_dice : ([0-9.]+)")
+EPOCH_LINE = re.compile(r"MeanDice: ([0-9.]+)")
 
 
-def peer_stages(log: Path) -> list[dict[int, float]]:
+def peer_stages(log: Path, iterations_per_epoch: int = 0) -> list[dict[int, float]]:
     """The peer's val Dice per iteration, one dict per stage (a new stage starts where the count falls)."""
     stages: list[dict[int, float]] = []
+    epochs = 0
     for line in log.read_text(errors="replace").splitlines():
         match = PEER_LINE.search(line)
-        if not match:
+        if iterations_per_epoch and EPOCH_LINE.search(line):
+            epochs += 1
+            iteration, dice = epochs * iterations_per_epoch, float(EPOCH_LINE.search(line).group(1)) / 100
+        elif match and not iterations_per_epoch:
+            iteration, dice = int(match.group(1)), float(match.group(2))
+        else:
             continue
-        iteration, dice = int(match.group(1)), float(match.group(2))
         if not stages or iteration <= max(stages[-1]):
             stages.append({})
         stages[-1][iteration] = dice
@@ -41,9 +50,11 @@ def peer_stages(log: Path) -> list[dict[int, float]]:
 
 
 def mona_stages(run: Path) -> list[tuple[str, dict[int, float]]]:
-    """Each stage of the run: its name and val Dice per iteration."""
+    """Each stage of the run that has started: its name and val Dice per iteration."""
     result = []
     for folder in stage_folders(run):
+        if not (folder / "metrics.jsonl").is_file():
+            continue
         records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         result.append((folder.name, {r["iteration"]: r["dice"] for r in records if r["split"] == "val"}))
     return result
@@ -59,17 +70,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("peer_log", type=Path)
     parser.add_argument("run", type=Path)
+    parser.add_argument("--iterations-per-epoch", type=int, default=0, help="UniMatch's log: steps per epoch")
     parser.add_argument("--json", type=Path, help="write the curves and summaries here")
     args = parser.parse_args()
-    peers, ours = peer_stages(args.peer_log), mona_stages(args.run)
+    peers, ours = peer_stages(args.peer_log, args.iterations_per_epoch), mona_stages(args.run)
     out = []
     for (name, mine), theirs in zip(ours, peers):
-        print(f"\n{name}: val Dice % every 200 iterations (peer | mona | mona - peer)")
-        for iteration in sorted(set(mine) & set(theirs)):
-            print(f"{iteration:>6} {100 * theirs[iteration]:6.1f} {100 * mine[iteration]:6.1f} "
-                  f"{100 * (mine[iteration] - theirs[iteration]):+6.1f}")
+        print(f"\n{name or 'run'}: val Dice % (iteration, peer | mona | mona - peer)")
+        for iteration in sorted(theirs):
+            nearest = min(mine, key=lambda i: abs(i - iteration))
+            print(f"{iteration:>6} {100 * theirs[iteration]:6.1f} {100 * mine[nearest]:6.1f} "
+                  f"{100 * (mine[nearest] - theirs[iteration]):+6.1f}" + (f" (mona at {nearest})"
+                                                                        if nearest != iteration else ""))
         row = {"stage": name, "peer": theirs, "mona": mine}
-        if set(mine) & set(theirs):
+        if mine and theirs:
             (peer_best, peer_late), (our_best, our_late) = summary(theirs), summary(mine)
             print(f"{name}: best {100 * peer_best:.1f} | {100 * our_best:.1f} ({100 * (our_best - peer_best):+.1f}); "
                   f"mean of the last third {100 * peer_late:.1f} | {100 * our_late:.1f} "
