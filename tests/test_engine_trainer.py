@@ -255,3 +255,20 @@ def test_constant_lr_stages_keep_the_base_rate(phantom, tmp_path):
                       "train.log_every=1", "train.val_every=2", "optim.lr=0.02"))
     for stage in ("pretrain", "selftrain"):
         assert {r["lr"] for r in read_log(out / stage)} == {0.02}
+
+
+def test_the_loop_reads_the_losses_on_the_host_at_logging_steps_only(phantom, tmp_path, host_reads, monkeypatch):
+    """Between logging steps the trainer's own work (batches, backward, SGD, EMA, the loss window) never
+    waits for the device; the logging step reads the window once (see `HostReads` in conftest.py)."""
+    reads = host_reads(exempt=("_check_async",))
+    for owner, name in [(trainer_module.Trainer, "_batches"), (trainer_module.Trainer, "_train_step"),
+                        (trainer_module.Trainer, "_update_teachers"), (trainer_module.LossWindow, "add")]:
+        original = getattr(owner, name)
+
+        def watched(self, *args, _original=original, **kwargs):
+            with reads:
+                return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, watched)
+    train(make_config(phantom, tmp_path / "run", "method=mean_teacher", "train.iterations=4", "train.log_every=4"))
+    assert reads.found == []

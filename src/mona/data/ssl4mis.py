@@ -32,7 +32,6 @@ import torch
 
 from mona.augment.weak import resize_images, resize_labels
 from mona.errors import MonaError
-from mona.randomness import host_to_device
 
 ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
 # How raw scans became the arrays, and which raw mask value each class index stands for (`label_values`,
@@ -160,12 +159,23 @@ class SliceStore:
 
     def batch(self, indices: torch.Tensor, device: torch.device, with_label: bool = True) -> dict[str, torch.Tensor]:
         """A batch on `device`; unlabeled streams are drawn without labels so no method can peek."""
-        batch = {"image": host_to_device(self.images[indices], device)}
+        batch = {"image": rows_to_device(self.images, indices, device)}
         if with_label:
             if self.labels is None:
                 raise ValueError("this slice store holds no labels (the unlabeled stream)")
-            batch["label"] = host_to_device(self.labels[indices], device).long()
+            batch["label"] = rows_to_device(self.labels, indices, device).long()
         return batch
+
+
+def rows_to_device(store: torch.Tensor, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows `indices` of a host tensor on `device`. For CUDA they are gathered straight into pinned
+    memory and copied without waiting: one host copy and one transfer per tensor and step, and the
+    host queues the step's work while the batch is on its way (labels go as uint8, widened there)."""
+    if device.type != "cuda":
+        return store[indices].to(device)
+    rows = torch.empty((len(indices), *store.shape[1:]), dtype=store.dtype, pin_memory=True)
+    torch.index_select(store, 0, indices, out=rows)
+    return rows.to(device, non_blocking=True)
 
 
 def read_slices(info: DatasetInfo, names: list[str], size: int) -> tuple[torch.Tensor, list[torch.Tensor | None]]:

@@ -186,161 +186,225 @@ class Trainer:
         returns the final metrics."""
         from torch.utils.tensorboard import SummaryWriter
 
-        config, method, stage, device = self.config, self.method, self.stage, self.device
+        method, stage = self.method, self.stage
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        main, parallel, rank = distributed.is_main(), distributed.active(), distributed.rank()
-        if parallel:
-            distributed.share_banks(method)
-            if device.type == "cuda":
-                method.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.model)
-        method.to(device)
-        if config.train.channels_last:
-            method.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(
-            method.trainable_parameters(),
-            lr=config.optim.lr,
-            momentum=config.optim.momentum,
-            weight_decay=config.optim.weight_decay,
-            nesterov=stage.nesterov,
-        )
-        amp = resolve_amp(config, device)
-        fp16 = amp and config.train.amp_dtype == "fp16"
-        if fp16 and device.type != "cuda":
-            raise MonaError("train.amp_dtype=fp16 needs a CUDA device; use bf16 on the CPU")
-        scaler = torch.amp.GradScaler("cuda") if fp16 else None
-        amp_dtype = torch.float16 if fp16 else torch.bfloat16
-        start, best, last_val, elapsed = 0, {"dice": -1.0, "iteration": -1}, {}, 0.0
-        if state is not None:
-            load_weights(method, state["method"], self.run_dir / "last.pt")
-            optimizer.load_state_dict(state["optimizer"])
-            if scaler is not None and state["scaler"]:
-                scaler.load_state_dict(state["scaler"])
-            start, best = state["iteration"], state["metrics"]["best"]
-            last_val, elapsed = state["metrics"]["val"], state["metrics"].get("train_seconds", 0.0)
-            if main:
-                self._truncate_log(start)
-                self.say(f"[{method.name}] resumed at iteration {start}/{stage.iterations}")
-        elif main:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a start interrupted before its first checkpoint
-        step_model = torch.compile(method.training_step) if config.train.compile else method.training_step
-        writer = SummaryWriter(str(self.run_dir / "tb")) if main else None
+        self.main, self.parallel, self.rank = distributed.is_main(), distributed.active(), distributed.rank()
+        self._place_on_device()
+        self._build_optimizer()
+        start = self._restore(state)
+        step_model = torch.compile(method.training_step) if self.config.train.compile else method.training_step
+        writer = SummaryWriter(str(self.run_dir / "tb")) if self.main else None
         total = stage.iterations
         bar = tqdm(
-            range(start, total), initial=start, total=total, disable=not (config.train.progress and main),
-            desc=method.name, dynamic_ncols=True, leave=False,
+            range(start, total), initial=start, total=total,
+            disable=not (self.config.train.progress and self.main), desc=method.name, dynamic_ncols=True, leave=False,
         )
-        window: dict[str, torch.Tensor] = {}
-        window_steps, window_wait, window_time = 0, 0.0, 0.0
-        timing = {"train_seconds": elapsed, "world_size": distributed.world_size()}
-        completed, saved_at, last_save = start, start, time.perf_counter()
-        stop = StopRequest(self.say if main else lambda message: None)
-
-        def save(done: int, improved: bool = False) -> None:
-            nonlocal saved_at, last_save
-            state = self._checkpoint_state(done, optimizer, scaler, best, last_val, timing)
-            if improved:  # weights and metadata: what evaluation, prediction and init_from read
-                save_checkpoint(self.run_dir / "best.pt", {**state, "method": method.weights(), "optimizer": {},
-                                                           "scaler": {}})
-            save_checkpoint(self.run_dir / "last.pt", state)
-            saved_at, last_save = done, time.perf_counter()
-
+        window = LossWindow()
+        completed, self.saved_at, self.last_save = start, start, time.perf_counter()
+        stop = StopRequest(self.say if self.main else lambda message: None)
         method.train()
         try:
             with stop.installed():
                 for iteration in bar:
                     tick = time.perf_counter()
-                    progress = iteration / total
-                    lr = config.optim.lr if stage.constant_lr else poly_lr(config.optim.lr, progress,
-                                                                            config.optim.poly_power)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    generator = torch.Generator().manual_seed(step_seed(config.train.seed, iteration, rank))
-                    torch.manual_seed(step_seed(config.train.seed, iteration, rank))
-                    labeled = self.data.labeled.batch(
-                        sample_indices(len(self.data.labeled.names), stage.batch_labeled, generator), device
-                    )
-                    unlabeled = None
-                    if method.uses_unlabeled:
-                        indices = sample_indices(len(self.data.unlabeled.names), stage.batch_unlabeled, generator)
-                        unlabeled = self.data.unlabeled.batch(indices, device, with_label=False)
-                    if config.train.channels_last:
-                        labeled["image"] = labeled["image"].contiguous(memory_format=torch.channels_last)
-                        if unlabeled is not None:
-                            unlabeled["image"] = unlabeled["image"].contiguous(memory_format=torch.channels_last)
+                    lr = self._set_learning_rate(iteration / total)
+                    labeled, unlabeled, generator = self._batches(iteration)
                     wait = time.perf_counter() - tick
-                    with autocast(device, amp, amp_dtype):
-                        losses = step_model(labeled, unlabeled, progress, generator)
-                    loss = losses["loss"]
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        if parallel:
-                            distributed.average_gradients(optimizer.param_groups[0]["params"])
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        if parallel:
-                            distributed.average_gradients(optimizer.param_groups[0]["params"])
-                        optimizer.step()
-                    for teacher, student in method.ema_pairs():
-                        ema_update(teacher, student,
-                                   ema_momentum(method.ema, iteration) if method.ema_warmup else method.ema)
-                    for key, value in losses.items():
-                        window[key] = window.get(key, 0.0) + value.detach().float()
-                    window_steps += 1
-                    window_wait += wait
+                    losses = self._train_step(step_model, labeled, unlabeled, iteration / total, generator)
+                    self._update_teachers(iteration)
                     step_time = time.perf_counter() - tick
-                    window_time += step_time
-                    timing["train_seconds"] += step_time
+                    window.add(losses, wait, step_time)
+                    self.timing["train_seconds"] += step_time
                     done = completed = iteration + 1
-                    if main and (done % config.train.log_every == 0 or done == total):
-                        record = {key: float(value) / window_steps for key, value in window.items()}
-                        if not math.isfinite(record["loss"]):
-                            raise MonaError(f"training diverged before iteration {done}: loss is {record['loss']}")
-                        record.update(lr=lr, sec_per_iter=window_time / window_steps,
-                                      data_wait=window_wait / window_time)
-                        self._log(writer, {"iteration": done, "split": "train", **record})
-                        bar.set_postfix(loss=f"{record['loss']:.3f}", it_s=f"{window_steps / window_time:.1f}")
-                        window, window_steps, window_wait, window_time = {}, 0, 0.0, 0.0
-                    validating = done % config.train.val_every == 0 or done == total
-                    if validating and parallel:
-                        timing["replica_difference"] = distributed.replica_difference(method.model)
-                    if main and validating:
-                        last_val = validate(method, self.val_volumes, config, device, amp)
-                        last_val["iteration"] = done
-                        timing["sec_per_iter"] = timing["train_seconds"] / done
-                        val_record = {k: v for k, v in last_val.items() if k != "iteration"}
-                        self._log(writer, {"iteration": done, "split": "val", **val_record,
-                                           "train_seconds": timing["train_seconds"]})
-                        improved = last_val["dice"] > best["dice"]
-                        if improved:
-                            best = dict(last_val)
-                        save(done, improved)
-                        self.say(f"[{method.name}] iteration {done}/{total}: val Dice {last_val['dice']:.4f} "
-                                 f"(best {best['dice']:.4f} at {best['iteration']})")
-                    elif main and time.perf_counter() - last_save >= config.train.checkpoint_every:
-                        save(done)
-                    # ranks agree on a stop at logging steps only: an all-reduce every step would make
-                    # each CUDA step wait for the host
-                    if parallel:
-                        stopping = (done % config.train.log_every == 0 or done == total) and \
-                            distributed.any_rank(stop.requested, device)
-                    else:
-                        stopping = stop.requested
-                    if stopping:
-                        if main and saved_at != done:
-                            save(done)
+                    logging = done % self.config.train.log_every == 0 or done == total
+                    if self.main and logging:
+                        self._log_train(writer, bar, window, done, lr)
+                    self._validate_and_save(writer, done)
+                    if self._stop_agreed(stop, logging):
+                        if self.main and self.saved_at != done:
+                            self._save(done)
                         raise RunInterrupted(f"[{method.name}] stopped at iteration {done}/{total}, "
                                              "last.pt saved there.")
         except KeyboardInterrupt:
             raise RunInterrupted(
                 f"[{method.name}] stopped at once during iteration {completed + 1}/{total}, "
-                + (f"last.pt is from iteration {saved_at}." if saved_at else "before this stage's first checkpoint.")
+                + (f"last.pt is from iteration {self.saved_at}." if self.saved_at
+                   else "before this stage's first checkpoint.")
             ) from None
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
         distributed.barrier()
-        return {"best": best, "last": last_val, **timing}
+        return {"best": self.best, "last": self.last_val, **self.timing}
+
+    def _place_on_device(self) -> None:
+        """The method on the training device (BatchNorm synchronised across CUDA ranks, banks gathered
+        from every rank), in channels_last when asked."""
+        method = self.method
+        if self.parallel:
+            distributed.share_banks(method)
+            if self.device.type == "cuda":
+                method.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.model)
+        method.to(self.device)
+        if self.config.train.channels_last:
+            method.to(memory_format=torch.channels_last)
+
+    def _build_optimizer(self) -> None:
+        """SGD over the trainable parameters, and the precision: autocast dtype, and a gradient scaler for fp16."""
+        config = self.config
+        self.optimizer = torch.optim.SGD(
+            self.method.trainable_parameters(),
+            lr=config.optim.lr,
+            momentum=config.optim.momentum,
+            weight_decay=config.optim.weight_decay,
+            nesterov=self.stage.nesterov,
+        )
+        self.amp = resolve_amp(config, self.device)
+        fp16 = self.amp and config.train.amp_dtype == "fp16"
+        if fp16 and self.device.type != "cuda":
+            raise MonaError("train.amp_dtype=fp16 needs a CUDA device; use bf16 on the CPU")
+        self.scaler = torch.amp.GradScaler("cuda") if fp16 else None
+        self.amp_dtype = torch.float16 if fp16 else torch.bfloat16
+
+    def _restore(self, state: dict | None) -> int:
+        """Load `state` (weights, optimiser, scaler, best and last scores, time) and return the
+        iteration to start at; a fresh start drops a log left by a start killed before its first checkpoint."""
+        self.best, self.last_val, elapsed, start = {"dice": -1.0, "iteration": -1}, {}, 0.0, 0
+        if state is not None:
+            load_weights(self.method, state["method"], self.run_dir / "last.pt")
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scaler is not None and state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+            start, self.best = state["iteration"], state["metrics"]["best"]
+            self.last_val, elapsed = state["metrics"]["val"], state["metrics"].get("train_seconds", 0.0)
+            if self.main:
+                self._truncate_log(start)
+                self.say(f"[{self.method.name}] resumed at iteration {start}/{self.stage.iterations}")
+        elif self.main:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        self.timing = {"train_seconds": elapsed, "world_size": distributed.world_size()}
+        return start
+
+    def _set_learning_rate(self, progress: float) -> float:
+        """The poly schedule's rate at `progress` (or the constant base rate), set on every group."""
+        optim = self.config.optim
+        lr = optim.lr if self.stage.constant_lr else poly_lr(optim.lr, progress, optim.poly_power)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _batches(self, iteration: int) -> tuple[dict, dict | None, torch.Generator]:
+        """The step's labeled and unlabeled batches on the device, and the step's generator, seeded from
+        (seed, iteration, rank), which drew them and draws the step's augmentation next."""
+        seed = step_seed(self.config.train.seed, iteration, self.rank)
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        data, stage, device = self.data, self.stage, self.device
+        labeled = data.labeled.batch(sample_indices(len(data.labeled.names), stage.batch_labeled, generator), device)
+        unlabeled = None
+        if self.method.uses_unlabeled:
+            indices = sample_indices(len(data.unlabeled.names), stage.batch_unlabeled, generator)
+            unlabeled = data.unlabeled.batch(indices, device, with_label=False)
+        if self.config.train.channels_last:
+            for batch in (labeled, unlabeled):
+                if batch is not None:
+                    batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return labeled, unlabeled, generator
+
+    def _train_step(self, step_model: Callable, labeled: dict, unlabeled: dict | None, progress: float,
+                    generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Forward under autocast, backward (scaled for fp16), gradients averaged over ranks, one SGD step;
+        returns the named losses, still on the device."""
+        with autocast(self.device, self.amp, self.amp_dtype):
+            losses = step_model(labeled, unlabeled, progress, generator)
+        loss, optimizer, scaler = losses["loss"], self.optimizer, self.scaler
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if self.parallel:
+            distributed.average_gradients(optimizer.param_groups[0]["params"])
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return losses
+
+    def _update_teachers(self, iteration: int) -> None:
+        method = self.method
+        for teacher, student in method.ema_pairs():
+            ema_update(teacher, student, ema_momentum(method.ema, iteration) if method.ema_warmup else method.ema)
+
+    def _log_train(self, writer, bar, window: LossWindow, done: int, lr: float) -> None:
+        """The window's mean losses and timing to metrics.jsonl, TensorBoard and the progress bar: the
+        only place a step's losses are read on the host. A non-finite loss stops the run."""
+        record, sec_per_iter, data_wait = window.read()
+        if not math.isfinite(record["loss"]):
+            raise MonaError(f"training diverged before iteration {done}: loss is {record['loss']}")
+        record.update(lr=lr, sec_per_iter=sec_per_iter, data_wait=data_wait)
+        self._log(writer, {"iteration": done, "split": "train", **record})
+        bar.set_postfix(loss=f"{record['loss']:.3f}", it_s=f"{1 / sec_per_iter:.1f}")
+
+    def _validate_and_save(self, writer, done: int) -> None:
+        """At validation steps: val Dice, `best.pt` when it improved and `last.pt`; between them, `last.pt`
+        every `checkpoint_every` seconds."""
+        config, method = self.config, self.method
+        validating = done % config.train.val_every == 0 or done == self.stage.iterations
+        if validating and self.parallel:
+            self.timing["replica_difference"] = distributed.replica_difference(method.model)
+        if self.main and validating:
+            self.last_val = validate(method, self.val_volumes, config, self.device, self.amp)
+            self.last_val["iteration"] = done
+            self.timing["sec_per_iter"] = self.timing["train_seconds"] / done
+            val_record = {k: v for k, v in self.last_val.items() if k != "iteration"}
+            self._log(writer, {"iteration": done, "split": "val", **val_record,
+                               "train_seconds": self.timing["train_seconds"]})
+            improved = self.last_val["dice"] > self.best["dice"]
+            if improved:
+                self.best = dict(self.last_val)
+            self._save(done, improved)
+            self.say(f"[{method.name}] iteration {done}/{self.stage.iterations}: val Dice {self.last_val['dice']:.4f} "
+                     f"(best {self.best['dice']:.4f} at {self.best['iteration']})")
+        elif self.main and time.perf_counter() - self.last_save >= config.train.checkpoint_every:
+            self._save(done)
+
+    def _stop_agreed(self, stop: StopRequest, logging: bool) -> bool:
+        """Whether to stop after this step. Ranks agree on a stop at logging steps only: an all-reduce
+        every step would make each CUDA step wait for the host."""
+        if self.parallel:
+            return logging and distributed.any_rank(stop.requested, self.device)
+        return stop.requested
+
+    def _save(self, done: int, improved: bool = False) -> None:
+        state = self._checkpoint_state(done, self.optimizer, self.scaler, self.best, self.last_val, self.timing)
+        if improved:  # weights and metadata: what evaluation, prediction and init_from read
+            save_checkpoint(self.run_dir / "best.pt", {**state, "method": self.method.weights(), "optimizer": {},
+                                                       "scaler": {}})
+        save_checkpoint(self.run_dir / "last.pt", state)
+        self.saved_at, self.last_save = done, time.perf_counter()
+
+
+class LossWindow:
+    """The losses and timing of the steps since the last logging step. Losses stay on the device
+    (summed as tensors) until `read`, so a step never waits for the device to report them."""
+
+    def __init__(self):
+        self._empty()
+
+    def _empty(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.wait, self.seconds = 0, 0.0, 0.0
+
+    def add(self, losses: dict[str, torch.Tensor], wait: float, seconds: float) -> None:
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value.detach().float()
+        self.steps += 1
+        self.wait += wait
+        self.seconds += seconds
+
+    def read(self) -> tuple[dict[str, float], float, float]:
+        """The mean losses, seconds per step and the share of the time spent on batches; then empty."""
+        result = ({key: float(value) / self.steps for key, value in self.sums.items()}, self.seconds / self.steps,
+                  self.wait / self.seconds)
+        self._empty()
+        return result
