@@ -17,6 +17,7 @@ VERBS = {
     "train": ("mona.cli.train", "train a method (supervised, mean_teacher, mona, unimatch, bcp, abd) on a dataset"),
     "evaluate": ("mona.cli.evaluate", "score a run on val/test volumes, or a folder of predictions against truths"),
     "predict": ("mona.cli.predict", "segment new scans (NIfTI or h5) with a trained run"),
+    "suggest": ("mona.cli.suggest", "rank a run's unlabeled training scans: which to annotate next"),
     "prepare": ("mona.cli.prepare", "convert raw ACDC, LiTS, MMWHS or nnU-Net datasets into mona's layout"),
     "reproduce": ("mona.cli.reproduce", "train and test a grid of methods x label budgets x seeds, then report"),
     "report": ("mona.cli.report", "rebuild the report (tables, figures) of a mona reproduce folder"),

@@ -21,6 +21,12 @@ checkpoint so far (not post-processed: the choice is made when training ends).
 --truth DIR scores each case against the label volume of the same case name there into
 OUT/cases.csv and OUT/summary.json (a NIfTI truth in the dataset's mask values, as the user's own
 masks); a case without a truth there is segmented and not scored.
+--quality estimates each mask's mean Dice over classes into OUT/quality.csv (worst first: `case`,
+`quality`, then its parts) and writes per-voxel uncertainty maps (the share of flipped, rotated,
+dropout and teacher predictions that disagree with the mask) to OUT/uncertainty/ as NIfTI in the
+input's space; the estimate is fitted on the run's val volumes once and cached in
+RUN/quality_model.json (see mona.evaluation.quality). --report (implies --quality) writes
+OUT/index.html: every case worst first, with a slice slider, the mask's outlines and the uncertainty.
 Post-processing (--postprocess): by default (val) each class where it raised val Dice keeps only
 its largest 3D connected component, as the run chose for its best checkpoint when training ended
 (RUN/postprocessing.json; a run without one, or another checkpoint, is not post-processed); none
@@ -40,7 +46,9 @@ from tqdm import tqdm
 from mona.engine.run import POSTPROCESS
 from mona.engine.run_folder import run_root, unfinished_stages
 from mona.errors import MonaError
+from mona.evaluation.case_page import write_case_page
 from mona.evaluation.predict import FORMATS, find_inputs, inference_amp, load_predictor, predict_cases
+from mona.evaluation.quality import describe, load_quality_estimator, write_rows
 from mona.evaluation.report import format_table, summarize, write_csv, write_json
 
 
@@ -70,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probabilities", action="store_true", help="also write per-class probability maps")
     parser.add_argument("--overlay", action="store_true", help="write a PNG montage of contours per case")
     parser.add_argument("--truth", type=Path, metavar="DIR", help="truth label volumes, matched by name: score them")
+    parser.add_argument("--quality", action="store_true",
+                        help="estimate each mask's Dice (OUT/quality.csv), write uncertainty maps (OUT/uncertainty/)")
+    parser.add_argument("--report", action="store_true",
+                        help="write OUT/index.html: every case, worst first, with its outlines and uncertainty")
     parser.add_argument("--unfinished", action="store_true",
                         help="use the checkpoint so far of a run that has not finished training")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -90,9 +102,14 @@ def run(args: argparse.Namespace) -> int:
     kept = ", ".join(predictor.class_names[c] for c in predictor.largest_component) or "none"
     print(f"{predictor.checkpoint} (iteration {predictor.iteration}, {predictor.num_classes} classes) on "
           f"{predictor.device}, largest component only: {kept}: {len(inputs)} case(s) -> {args.out}")
-    rows, failed, unscored, start = [], [], [], time.perf_counter()
+    quality = None
+    if args.quality or args.report:
+        quality = load_quality_estimator(predictor, args.model, progress=not args.no_progress)
+        print(describe(quality))
+    rows, failed, unscored, assessed, start = [], [], [], [], time.perf_counter()
     cases = predict_cases(predictor, inputs, args.out, truth_dir=args.truth, fmt=args.format,
-                          probabilities=args.probabilities, overlay=args.overlay)
+                          probabilities=args.probabilities, overlay=args.overlay, quality=quality,
+                          report=args.report)
     with tqdm(cases, total=len(inputs), unit="case", disable=args.no_progress, file=sys.stderr) as bar:
         for path, result in bar:
             if isinstance(result, MonaError):
@@ -100,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.write(f"mona predict: failed: {result}", file=sys.stderr)
             else:
                 rows += result.rows
+                assessed += [result] if result.quality else []
                 if args.truth is not None and not result.rows:
                     unscored.append(result.name)
     seconds = (time.perf_counter() - start) / len(inputs)
@@ -111,8 +129,24 @@ def run(args: argparse.Namespace) -> int:
         write_csv(rows, args.out / "cases.csv")
         write_json(summary, args.out / "summary.json")
         print(format_table(summary))
+    if assessed:
+        _write_quality(sorted(assessed, key=lambda result: result.quality["quality"]), args, predictor)
     if unscored:
         print(f"{len(unscored)} of {len(inputs)} cases have no truth volume in {args.truth}: their masks are "
               "written, not scored")
     print(f"{len(inputs) - len(failed)} cases done, {len(failed)} failed, {seconds:.2f} s per case")
     return 1 if failed else 0
+
+
+def _write_quality(results: list, args: argparse.Namespace, predictor) -> None:
+    """OUT/quality.csv and, with --report, OUT/index.html, worst case first."""
+    write_rows([result.quality for result in results], args.out / "quality.csv")
+    worst = ", ".join(f"{r.name} {r.quality['quality']:.2f}" for r in results[:3])
+    print(f"expected Dice per case -> {args.out / 'quality.csv'} (worst: {worst}); uncertainty maps -> "
+          f"{args.out / 'uncertainty'}")
+    if args.report:
+        page = write_case_page(args.out / "index.html", f"mona predict: {len(results)} case(s) of {args.input}",
+                               [f"run {args.model}, {predictor.checkpoint} (iteration {predictor.iteration})"],
+                               [result.quality for result in results],
+                               {result.name: result.browser for result in results})
+        print(f"report -> {page}")

@@ -40,10 +40,12 @@ from mona.engine.run import load_run_model, postprocessed_classes, run_checkpoin
 from mona.engine.run_folder import run_root, unfinished_stages
 from mona.engine.trainer import fast_bf16, resolve_device
 from mona.errors import MonaError
+from mona.evaluation.case_page import case_browser
 from mona.evaluation.inference import predict_volume
 from mona.evaluation.metrics import score_case
 from mona.evaluation.overlay import write_overlay
 from mona.evaluation.postprocess import labels_from_probabilities
+from mona.evaluation.quality import QualityEstimator
 from mona.evaluation.report import volumes_by_name
 
 FORMATS = ("same", "nii", "h5")
@@ -343,6 +345,8 @@ class CaseResult:
     output: Path
     rows: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    quality: dict | None = None  # the `quality` estimate's row: case, quality and its parts
+    browser: str = ""  # the case's slice browser for the `report` page
 
 
 def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
@@ -359,12 +363,16 @@ def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
 
 
 def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *, fmt: str = "same",
-                 probabilities: bool = False, truth: str | Path | None = None, overlay: bool = False) -> CaseResult:
+                 probabilities: bool = False, truth: str | Path | None = None, overlay: bool = False,
+                 quality: QualityEstimator | None = None, report: bool = False) -> CaseResult:
     """Segment one NIfTI or h5 volume into `output_path(...)`.
 
     `probabilities` adds per-class float32 maps: an h5 output's `probabilities` (C, D, H, W), else
     OUT/probabilities/<name> as a 4D NIfTI (x, y, z, C) in the input's space. `truth` (a label
     volume of the input's shape) is scored with `score_case`; `overlay` writes OUT/overlays/<name>.png.
+    `quality` (`mona.evaluation.quality`) estimates the mask's Dice into `result.quality` and writes
+    its uncertainty map to OUT/uncertainty/<name>.nii.gz (float32, in the input's space); `report`
+    (with `quality`) keeps the case's slice browser for the page (`mona.evaluation.case_page`).
     """
     start = time.perf_counter()
     path, out_dir = Path(path), Path(out_dir)
@@ -388,6 +396,9 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *,
     if truth_volume is not None:
         spacing = truth_volume.spacing or volume.spacing
         result.rows = score_case(layout.to_io(labels), truth_volume.label, predictor.num_classes, spacing, name)
+    if quality is not None:
+        _assess(result, found, quality, out_dir, volume, predictor.class_names, report,
+                None if truth_volume is None else layout.to_model(truth_volume.label))
     if overlay:
         spacing = layout.spacing(volume.spacing) if volume.spacing else (1.0, 1.0, 1.0)
         write_overlay(out_dir / "overlays" / f"{name}.png", found.image, labels, predictor.num_classes,
@@ -395,6 +406,20 @@ def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *,
                       class_names=predictor.class_names, aspect=spacing[1] / spacing[2], title=name)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _assess(result: CaseResult, found: Segmentation, quality: QualityEstimator, out_dir: Path, volume: Volume,
+            class_names: list[str], report: bool, truth: np.ndarray | None) -> None:
+    """`predict_file`'s quality estimate, uncertainty map and, for `report`, slice browser of one case."""
+    assessment = quality.assess(found, result.name)
+    result.quality = assessment.row
+    if result.rows:
+        result.quality["dice"] = float(np.mean([row["dice"] for row in result.rows]))
+    _write_nifti(out_dir / "uncertainty" / f"{result.name}.nii.gz", found.layout.to_raw(assessment.uncertainty),
+                 volume)
+    if report:
+        result.browser = case_browser(result.quality, found.image, found.labels, assessment.uncertainty,
+                                      class_names, truth)
 
 
 def _read_truth(path: Path, volume: Volume, predictor: Predictor) -> Volume:

@@ -155,14 +155,28 @@ def outline_png(labels: np.ndarray | None, colours: Sequence[tuple]) -> str:
     return png_uri(lambda buffer: Image.fromarray(rgba).save(buffer, format="png"))
 
 
-def slice_browser(volume: Volume3D, predictions: dict[str, np.ndarray], class_names: Sequence[str]) -> str:
-    """The HTML of one volume's slice browser: image, truth and each prediction side by side, a
-    slider choosing the slice (it starts in the middle). Each slice's frame lists its grey image,
-    then one outline layer per column."""
+def heat_png(values: np.ndarray) -> str:
+    """PNG URI of a transparent layer showing a 2D map in [0, 1] (an uncertainty) in the `plasma`
+    colours, opaque in proportion to the value, so 0 leaves the grey slice as it is."""
+    values = np.clip(values, 0, 1)
+    rgba = np.round(255 * colormaps["plasma"](values)).astype(np.uint8)
+    rgba[..., 3] = np.round(255 * values).astype(np.uint8)
+    return png_uri(lambda buffer: Image.fromarray(rgba).save(buffer, format="png"))
+
+
+def slice_browser(volume: Volume3D, predictions: dict[str, np.ndarray], class_names: Sequence[str],
+                  heat: dict[str, np.ndarray] | None = None, heading: str = "") -> str:
+    """The HTML of one volume's slice browser: image, truth (when the volume has one), each prediction
+    and each `heat` map in [0, 1] (an uncertainty) side by side, a slider choosing the slice (it starts
+    in the middle). Each slice's frame lists its grey image, then one layer per column. `heading`
+    replaces the volume's name as the title."""
     colours = class_colours(len(class_names))
-    columns = {"image": None, "truth": volume.label, **predictions}
+    columns = {"image": None, **({"truth": volume.label} if volume.label is not None else {}), **predictions}
+    heat = heat or {}
     frames = [[grey_png(volume.image[k])] + [outline_png(None if labels is None else labels[k], colours)
-                                             for labels in columns.values()] for k in range(len(volume.image))]
+                                             for labels in columns.values()]
+              + [heat_png(values[k]) for values in heat.values()] for k in range(len(volume.image))]
+    columns.update(heat)
     middle = len(frames) // 2
     height, width = volume.image.shape[1:]
     scale = PANEL_PIXELS / max(height, width)
@@ -172,7 +186,7 @@ def slice_browser(volume: Volume3D, predictions: dict[str, np.ndarray], class_na
                       f"</div><figcaption>{html.escape(name)}</figcaption></figure>" for c, name in enumerate(columns))
     legend = "".join(f'<span><i class="swatch" style="background: rgb({", ".join(str(round(255 * v)) for v in rgb)})">'
                      f"</i>{html.escape(name)}</span>" for name, rgb in zip(class_names[1:], colours))
-    return (f'<section class="browser"><h3>{html.escape(volume.name)}</h3>'
+    return (f'<section class="browser"><h3>{html.escape(heading or volume.name)}</h3>'
             f'<p class="legend">{legend}</p><div class="panels">{figures}</div>'
             f'<p><input type="range" min="0" max="{len(frames) - 1}" value="{middle}" '
             f'aria-label="slice of {html.escape(volume.name)}"> <output></output></p>'
@@ -186,16 +200,23 @@ def table_html(table: Table) -> str:
     return f"{note}<table><caption>{html.escape(table.caption)}</caption><tr>{head}</tr>{body}</table>"
 
 
+BROWSERS = ("Test volumes", "Move a slider to browse a volume's slices: the image, the truth and each method's "
+            "predicted outlines (best checkpoint on val).")
+
+
 def write_page(path: str | Path, title: str, notes: Sequence[str], tables: Sequence[Table],
-               figures: Sequence[tuple[str, str]], browsers: Sequence[str]) -> Path:
-    """Write the page (atomically): title, notes, tables, figures (caption, PNG URI), slice browsers."""
+               figures: Sequence[tuple[str, str]], browsers: Sequence[str], *, tables_heading: str = "Test metrics",
+               browsers_heading: tuple[str, str] = BROWSERS) -> Path:
+    """Write the page (atomically): title, notes, tables, figures (caption, PNG URI; the heading only
+    when there are some), slice browsers under (heading, note)."""
     parts = [f"<h1>{html.escape(title)}</h1>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>",
-             "<h2>Test metrics</h2>", *map(table_html, tables), "<h2>Figures</h2>",
-             *(f'<figure><img alt="{html.escape(caption)}" src="{uri}"><figcaption>{html.escape(caption)}'
-               "</figcaption></figure>" for caption, uri in figures)]
+             f"<h2>{html.escape(tables_heading)}</h2>", *map(table_html, tables)]
+    if figures:
+        parts += ["<h2>Figures</h2>", *(f'<figure><img alt="{html.escape(caption)}" src="{uri}"><figcaption>'
+                                        f"{html.escape(caption)}</figcaption></figure>" for caption, uri in figures)]
     if browsers:
-        parts += ["<h2>Test volumes</h2>", "<p>Move a slider to browse a volume's slices: the image, the truth "
-                  "and each method's predicted outlines (best checkpoint on val).</p>", *browsers]
+        parts += [f"<h2>{html.escape(browsers_heading[0])}</h2>", f"<p>{html.escape(browsers_heading[1])}</p>",
+                  *browsers]
     head = f'<meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style>'
     page = (f'<!doctype html>\n<html lang="en"><head>{head}</head><body>\n' + "\n".join(parts)
             + f"\n<script>{SCRIPT}</script></body></html>\n")
