@@ -3,6 +3,7 @@ nothing, an interrupted grid resumes its interrupted run, and the report's numbe
 
 import csv
 import json
+import os
 import re
 import shutil
 import socket
@@ -330,3 +331,27 @@ def test_results_page_says_which_targets_hold_per_seed():
     assert "met on the three-seed mean" in page and "are all met, on every seed" not in page
     assert "at 7 patients seed 1 alone is ahead on 24 of 40 volumes (p 0.013; seeds 0 and 2: 32 and 33 of 40" in page
     assert all(per_seed[key]["ahead"] >= 36 and per_seed[key]["p_value"] <= 7e-9 for key in per_seed if key[0] != "7")
+
+
+def test_slurm_array_tasks_side_by_side_train_one_run_each_and_the_last_writes_the_report(tmp_path, capsys):
+    """`--slurm` writes a job array; its tasks, run here with bash two at once, each train their cell."""
+    data = write_phantom(tmp_path / "data", patients=5, size=(32, 32), slices=(4, 5))
+    out, script = tmp_path / "grid", tmp_path / "grid.sbatch"
+    assert main(["reproduce", "--data", str(data), "--methods", "supervised", "--labeled", "1", "--seeds", "0,1",
+                 "--no-upper-bound", "--protocol", "demo", "--out", str(out), "--slurm", str(script), "--gpus", "0",
+                 "--time", "0:10:00", "--partition", "short", *OVERRIDES]) == 0
+    text = script.read_text()
+    assert "#SBATCH --array=0-1\n" in text and "#SBATCH --partition=short\n" in text and "--gpus" not in text
+    assert "#SBATCH --time=0:10:00\n" in text and not (out / "runs").exists()  # nothing trained yet
+    tasks = [subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "SLURM_ARRAY_TASK_ID": str(cell)})
+             for cell in (0, 1)]
+    logs = [task.communicate(timeout=300)[0] for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], logs
+    assert ["this is run 0" in logs[0], "this is run 1" in logs[1]] == [True, True]
+    assert all(grid.is_finished(out / "runs" / f"supervised_l1_s{seed}") for seed in (0, 1))
+    assert any("every run is finished; report:" in log for log in logs)
+    assert "supervised_l1_s1" in (out / "results.csv").read_text()
+    assert main(["reproduce", "--data", str(data), "--out", str(out), "--cell", "2", "--seeds", "0,1",
+                 "--methods", "supervised", "--labeled", "1", "--no-upper-bound", "--protocol", "demo"]) == 2
+    assert "--cell 2 is not a run of this grid (0 to 1)" in capsys.readouterr().err

@@ -29,15 +29,23 @@ Protocols (presets):
   paper      MONA_SPEC's protocol: 256x256, 12 + 12 per batch (MONA 3+3 then 4+4),
              30000 iterations per stage; for a GPU.
 Extra key=value overrides apply to every run (e.g. train.iterations=1000 train.device=cuda).
+
+On a SLURM cluster, `--slurm grid.sbatch` writes a job-array script instead of training: one array
+task per run (`--cell i` of this same command), then `sbatch grid.sbatch`. Each task trains and
+scores its run; the task that finds every run of the grid finished writes the report.
+  mona reproduce --data DIR --protocol paper --out grid --slurm grid.sbatch --gpus 1 --time 12:00:00 \\
+      --partition gpu train.device=cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from mona.config import preset_names
 from mona.errors import MonaError
-from mona.experiments.grid import plan, run_grid
+from mona.experiments.grid import exclusive, grid_finished, plan, run_grid, slurm_script
 from mona.experiments.report import build_report
 from mona.methods import METHODS
 
@@ -55,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="leave out the fully supervised runs (supervised_lall_s<seed>)")
     parser.add_argument("--no-report", action="store_true",
                         help="train and score the runs but write no report (later: mona report OUT)")
+    parser.add_argument("--slurm", metavar="FILE", help="write a SLURM job-array script (one task per run) "
+                                                        "instead of training")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs per array task (--slurm; default 1, 0: none)")
+    parser.add_argument("--time", default="24:00:00", help="time limit per array task (--slurm; default 24:00:00)")
+    parser.add_argument("--partition", help="SLURM partition (--slurm; default: the cluster's)")
+    parser.add_argument("--cell", type=int, metavar="I", help="train and score only run I (0-based) of the grid, "
+                        "as an array task does; the report is written once every run is finished")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
 
 
@@ -69,8 +84,35 @@ def run(args: argparse.Namespace) -> int:
         raise MonaError(f"--seeds must be comma-separated integers, not {args.seeds!r}") from None
     specs = plan(methods, [b for b in args.labeled.split(",") if b], seeds, args.ablate,
                  upper_bound=not args.no_upper_bound)
-    print(f"{len(specs)} runs in {args.out}/runs")
-    run_grid(args.data, specs, args.protocol, args.out, args.overrides)
-    if not args.no_report:
+    if args.slurm:
+        return _write_slurm(args, len(specs))
+    if args.cell is not None and not 0 <= args.cell < len(specs):
+        raise MonaError(f"--cell {args.cell} is not a run of this grid (0 to {len(specs) - 1})")
+    print(f"{len(specs)} runs in {args.out}/runs" + ("" if args.cell is None else f"; this is run {args.cell}"))
+    run_grid(args.data, specs, args.protocol, args.out, args.overrides, args.cell)
+    if args.no_report:
+        return 0
+    if args.cell is None:
         print(f"report: {build_report(args.out)}")
+        return 0
+    with exclusive(Path(args.out) / ".report.lock"):  # the last cells may end together
+        if grid_finished(args.out, specs):
+            print(f"every run is finished; report: {build_report(args.out)}")
+    return 0
+
+
+def _write_slurm(args: argparse.Namespace, cells: int) -> int:
+    """The job-array script of this command: the same `mona reproduce`, with absolute paths, one `--cell` per task."""
+    protocol = str(Path(args.protocol).absolute()) if Path(args.protocol).is_file() else args.protocol
+    command = [sys.executable, "-m", "mona", "reproduce", "--data", str(Path(args.data).absolute()),
+               "--methods", args.methods, "--labeled", args.labeled, "--seeds", args.seeds, "--protocol", protocol,
+               "--out", str(Path(args.out).absolute())]
+    command += (["--ablate", args.ablate] if args.ablate else []) + (["--no-upper-bound"] if args.no_upper_bound
+                                                                      else [])
+    command += (["--no-report"] if args.no_report else []) + list(args.overrides)
+    out = Path(args.out)
+    (out / "slurm").mkdir(parents=True, exist_ok=True)  # SLURM writes the tasks' logs there but makes no folder
+    script = Path(args.slurm)
+    script.write_text(slurm_script(command, cells, out, args.gpus, args.time, args.partition))
+    print(f"{script}: {cells} array tasks, one run each; submit with: sbatch {script}")
     return 0

@@ -10,10 +10,13 @@ Checkpoints are chosen on the val split by the engine (`best.pt`); the test spli
 
 from __future__ import annotations
 
+import fcntl
 import json
+import shlex
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from mona.config import load_config
 from mona.data.io import atomic_path
@@ -99,22 +102,59 @@ def record_grid(path: Path, data: str | Path, protocol: str, overrides: Sequence
         tmp.write_text(json.dumps(grid, indent=2) + "\n")
 
 
+def grid_finished(out: str | Path, specs: Sequence[RunSpec]) -> bool:
+    return all(is_finished(Path(out) / "runs" / spec.name) for spec in specs)
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if need be): one process at a time, even on a
+    cluster's shared file system (flock), e.g. to build the report of a grid whose cells end together."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def slurm_script(command: Sequence[str], cells: int, out: Path, gpus: int = 1, time: str = "24:00:00",
+                 partition: str | None = None) -> str:
+    """A SLURM job-array script: array task i runs `command` (a `mona reproduce` without `--cell`)
+    with `--cell i`, so each of the `cells` runs is one task; locks, scoring and the report behave
+    as with processes started by hand. Logs go to OUT/slurm/."""
+    options = [f"--job-name=mona-{out.name}", f"--array=0-{cells - 1}", f"--time={time}",
+               f"--output={out.absolute() / 'slurm' / '%x_%A_%a.log'}"]
+    options += [f"--gpus={gpus}"] if gpus else []
+    options += [f"--partition={partition}"] if partition else []
+    return "\n".join([
+        "#!/bin/bash",
+        *(f"#SBATCH {shlex.quote(option)}" for option in options),
+        "# one grid cell per array task; run a task by hand with SLURM_ARRAY_TASK_ID=i bash THIS_FILE",
+        "set -euo pipefail",
+        f"cd {shlex.quote(str(Path.cwd()))}",
+        f'exec {shlex.join(command)} --cell "$SLURM_ARRAY_TASK_ID"',
+        "",
+    ])
+
+
 def run_grid(data: str | Path, specs: Sequence[RunSpec], protocol: str, out: str | Path,
-             extra_overrides: Sequence[str] = ()) -> list[Path]:
+             extra_overrides: Sequence[str] = (), cell: int | None = None) -> list[Path]:
     """Train and test-score every spec into OUT/runs/<name>, skipping finished runs; returns the run folders.
 
     Config = `protocol` preset, then the spec (method, data, budget, seed), then `extra_overrides`,
     then the spec's ablation switch and the run folder (these two cannot be overridden).
     OUT/grid.json records the protocol and the runs for the report (see `record_grid`).
     A run that another live process is training (its `.lock`) is skipped, so several processes
-    on one grid, e.g. one thread each on a multi-core CPU, share out its runs as lanes.
+    on one grid, e.g. one thread each on a multi-core CPU, share out its runs as lanes. With `cell`
+    only `specs[cell]` is run (one task of a job array), though the grid records them all.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record_grid(out / "grid.json", data, protocol, extra_overrides, specs)
     folders = []
     again = "the same `mona reproduce` command (it skips the finished runs)"
-    for spec in specs:
+    for spec in specs if cell is None else [specs[cell]]:
         run_dir = out / "runs" / spec.name
         folders.append(run_dir)
         if is_finished(run_dir):
