@@ -150,3 +150,26 @@ def test_the_host_read_check_tells_host_draws_from_device_reads(host_reads):
         moved = torch.rand(2, generator=g).to("cpu")  # as `host_to_device` moves it: now on the device
         bool(model.weight.sum() > 0), moved.tolist(), model.weight[model.weight > 0]
     assert [found.split()[0] for found in reads.found] == ["__bool__", "tolist", "__getitem__"]
+
+
+def test_a_compiled_step_gives_the_eager_losses():
+    """`train.compile` compiles `training_step`: the same losses and gradients as eager. Dynamo with AOT
+    autograd and eager kernels ("aot_eager"): Inductor's code generation took 150 s for this step on a
+    busy 2-core CPU, too long for the suite; on a GPU, benchmarks/train_speed.py --compile times it."""
+    (stage,) = method_stages(load_config([], ["method=mean_teacher", "data.image_size=16"]))
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        method = stage.build(4)
+        step = torch.compile(method.training_step, backend="aot_eager") if compiled else method.training_step
+        g = torch.Generator().manual_seed(0)
+        labeled = {"image": torch.rand(2, 1, 16, 16, generator=g),
+                   "label": torch.randint(0, 4, (2, 16, 16), generator=g)}
+        losses = step(labeled, {"image": torch.rand(2, 1, 16, 16, generator=g)}, 0.5, torch.Generator().manual_seed(1))
+        losses["loss"].backward()
+        results.append(({key: value.detach() for key, value in losses.items()}, method.model.head.weight.grad))
+    (eager, eager_grad), (compiled, compiled_grad) = results
+    assert eager.keys() == compiled.keys() and eager["consistency"] > 0
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
