@@ -276,8 +276,9 @@ def test_init_from_is_refused_for_a_method_that_ignores_it(phantom, tmp_path, ca
     """#46.6: only MONA reads mona.init_from; another method is refused before any folder is made."""
     out = tmp_path / "run"
     assert main(train_args(phantom, out, f"mona.init_from={tmp_path}", method="supervised")) == 2
-    assert error_line(capsys) == ("mona train: error: mona.init_from starts MONA's stage 2 from another run; method "
-                                  "supervised does not read it: remove mona.init_from")
+    assert error_line(capsys) == ("mona train: error: mona.init_from starts MONA's stage 2 from another run's stage 1; "
+                                  "method supervised does not read it: remove mona.init_from (--init RUN starts any "
+                                  "method from a finished run)")
     assert not out.exists()
 
 

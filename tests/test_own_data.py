@@ -6,6 +6,8 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+import yaml
 
 import mona
 from mona.cli.main import main
@@ -75,6 +77,26 @@ def test_python_api_trains_from_a_prepared_folder(walkthrough, tmp_path):
     result = mona.train(config)
     assert result["best"]["iteration"] == 2 and (tmp_path / "run" / "best.pt").is_file()
     assert set(mona.METHODS) >= {"supervised", "mean_teacher", "mona"}
+
+
+def test_more_masks_train_on_from_the_run(walkthrough, tmp_path, capsys):
+    """#47.3: masks drawn for 2 more patients, the scans prepared again, and the run trained on from
+    (`--init`); the new split puts a patient whose scans trained the run (unlabeled) in val: said."""
+    assert main(["synth", str(tmp_path / "more"), "--patients", "6", "--size", "32", "32", "--scans-with-masks",
+                 "5"]) == 0
+    assert main(["prepare", "folder", "--images", str(tmp_path / "more" / "scans"), "--masks",
+                 str(tmp_path / "more" / "masks"), str(tmp_path / "prepared")]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "prepared"), "--method", "mean_teacher", "--init",
+                 str(walkthrough / "runs" / "mt"), "--out", str(tmp_path / "mt5"), *TINY]) == 0
+    best = walkthrough / "runs" / "mt" / "best.pt"
+    dice = torch.load(best, weights_only=True)["metrics"]["best"]["dice"]
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        f"note: val cases trained the run this one starts from (its dataset {walkthrough / 'prepared'}): 2 as "
+        "unlabeled scans (phantom005_frame01, phantom005_frame02); val Dice, and the best checkpoint chosen by it, "
+        "may overstate how the model segments unseen scans",
+        f"init: loaded student, teacher from {best} (mean_teacher run, iteration 4, val Dice {dice:.4f})"]
+    assert yaml.safe_load((tmp_path / "mt5" / "config.yaml").read_text())["init"] == str(best)
 
 
 @pytest.fixture(scope="module")

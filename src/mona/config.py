@@ -72,7 +72,7 @@ class MonaConfig:
     pretrain_batch_unlabeled: int = 3
     finetune_batch_labeled: int = 4
     finetune_batch_unlabeled: int = 4
-    init_from: str = ""  # a pretrain run folder (or checkpoint) to start fine-tuning from
+    init_from: str = ""  # another run's stage 1 (its pretrain/ folder, or a checkpoint) to start stage 2 from
     ema: float = 0.99
     # stage 1
     queue_size: int = 36  # global queue: the pooled embeddings of the last 36 images (spec K = 36)
@@ -156,6 +156,7 @@ class ABDConfig:
 class Config:
     method: str = "supervised"  # supervised | mean_teacher | mona | unimatch | bcp | abd
     out: str = ""  # run folder; empty = runs/<method>_<labeled>
+    init: str = ""  # a finished run (or checkpoint file) whose best model starts this run's last stage (--init)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -347,8 +348,14 @@ def validate(config: Config) -> None:
     if config.method not in METHODS:
         raise MonaError(f"unknown method {config.method!r} ({', '.join(METHODS)})")
     if config.mona.init_from and config.method != "mona":
-        raise MonaError(f"mona.init_from starts MONA's stage 2 from another run; method {config.method} does not "
-                        "read it: remove mona.init_from")
+        raise MonaError(f"mona.init_from starts MONA's stage 2 from another run's stage 1; method {config.method} "
+                        "does not read it: remove mona.init_from (--init RUN starts any method from a finished run)")
+    if config.init and config.mona.init_from:
+        raise MonaError("init and mona.init_from both say where training starts: give one (--init RUN starts from "
+                        "a finished run's best model, mona.init_from from another run's stage 1)")
+    if config.init and config.method == "mona" and config.mona.stage == "pretrain":
+        raise MonaError("init starts MONA's stage 2 from a finished run, and mona.stage=pretrain trains only stage "
+                        "1: drop one of them")
     for key, allowed in CHOICES.items():
         if config_value(config, key) not in allowed:
             raise MonaError(f"{key} must be one of {', '.join(allowed)}, not {config_value(config, key)!r}")

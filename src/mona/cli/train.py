@@ -3,6 +3,7 @@
   mona train --data DIR --method mean_teacher --labeled 7 --config cpu-small --out runs/mt7
   mona train --data DIR --method supervised --labeled all train.iterations=5000
   mona train --resume runs/mt7 [--iterations 5000]
+  mona train --init runs/mt7 --data DIR2 --method mean_teacher --config cpu-small --out runs/mt7_more
   mona train --gpus 4 --data DIR --method mona --labeled 3 --config paper
       (= torchrun --nproc_per_node 4 -m mona train ...)
 
@@ -19,6 +20,22 @@ starts and records them in RUN/stages.json. BCP and ABD also train two stages (R
 RUN/selftrain from stage 1's best checkpoint on val): stage 1 runs bcp.pretrain_iterations (abd.*),
 whose 0 (the default) means a third of --iterations, the ratio of their code (10000 : 30000).
 UniMatch, supervised and mean teacher train one stage. The peers' settings: docs/methods/peers.md.
+
+--init RUN (config key `init`; Python: mona.load_config(..., ["init=RUN", ...])) trains on from
+a finished run, e.g. after more masks were drawn and the dataset prepared again: any method
+starts from RUN's best model on val (its last stage's best.pt; or a checkpoint file given
+instead of RUN), loading the student and every other network RUN has under the same name
+(teacher, heads, ABD's second student); the others start as when a stage starts from an earlier
+student (the teacher and ABD's second student as copies of the student, a new head), and memory
+banks start empty. A two-stage method (mona, bcp, abd) trains only its last stage from that
+model, for --iterations: its stage 1 only makes a student to start from, and RUN's model takes
+its place. The run says what it loaded (train.log: `init: loaded student, teacher from ...`) and
+records the checkpoint as `init` in RUN/config.yaml. The settings (method, --config, --labeled)
+are this command's own, not RUN's; --config RUN/config.yaml replays RUN's. A run of another
+number of classes, or one still training, is refused; val cases that trained RUN (a dataset
+prepared again splits its patients anew) are named in a note. mona.init_from is MONA's alone: stage 2
+from another run's stage 1 (e.g. --stage finetune mona.init_from=RUN/pretrain, for ablations),
+refused for other methods and together with --init.
 
 A run folder belongs to one run: a new run needs an empty --out (or --overwrite, which
 deletes the earlier run there), and a second process on a folder in use is refused.
@@ -58,6 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true", default=None, help="bf16 autocast (train.amp)")
     parser.add_argument("--stage", choices=("both", "pretrain", "finetune"), help="MONA: which stage(s) to run")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--init", metavar="RUN_DIR", help="start from the best model of the finished run in RUN_DIR "
+                        "(or a checkpoint file); a two-stage method trains only its last stage (init)")
     parser.add_argument("--overwrite", action="store_true",
                         help="train into a folder that holds an earlier run, deleting that run's files first")
     parser.add_argument("--gpus", type=int, metavar="N",
@@ -70,7 +89,7 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
     pairs = {
         "data.root": args.data, "method": args.method, "data.labeled": args.labeled, "out": args.out,
         "train.iterations": args.iterations, "train.seed": args.seed, "train.device": args.device,
-        "train.amp": args.amp, "mona.stage": args.stage,
+        "train.amp": args.amp, "mona.stage": args.stage, "init": args.init,
     }
     overrides = [f"{key}={value}" for key, value in pairs.items() if value is not None]
     if args.no_progress:

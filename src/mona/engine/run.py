@@ -3,6 +3,7 @@ run (every stage its method declares), resume it, load its model, evaluate it.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from contextlib import nullcontext
@@ -14,11 +15,20 @@ from tqdm import tqdm
 
 from mona.config import Config, config_from_dict, config_value, load_run_config, save_config
 from mona.data.io import atomic_path
-from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes
+from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes, read_list, split_budget, volume_of
 from mona.engine import distributed
 from mona.engine.checkpoint import load_checkpoint, load_weights, student_weights
 from mona.engine.environment import describe
-from mona.engine.run_folder import RunLock, RunLog, claim, is_run_folder, record_stages, run_root, stage_folders
+from mona.engine.run_folder import (
+    RunLock,
+    RunLog,
+    claim,
+    is_run_folder,
+    record_stages,
+    run_root,
+    stage_folders,
+    unfinished_stages,
+)
 from mona.engine.trainer import Trainer, precision, resolve_amp, resolve_device
 from mona.errors import MonaError, RunInterrupted
 from mona.evaluation.inference import predict_volume
@@ -30,13 +40,14 @@ from mona.methods.base import Method, Stage
 from mona.models.unet import UNet
 
 # What a resumed run may not change: it would continue one setup's weights under another.
-FIXED_ON_RESUME = ("method", "data.root", "data.labeled", "data.image_size", "data.num_classes", "train.seed")
+FIXED_ON_RESUME = ("method", "data.root", "data.labeled", "data.image_size", "data.num_classes", "train.seed",
+                   "init")
 
 
 def absolute_paths(config: Config) -> Config:
-    """Store the data folder, run folder and any stage-1 source as absolute paths, so a run
+    """Store the data folder, run folder and any run it starts from as absolute paths, so a run
     folder works from any working directory."""
-    for section, key in (("data", "root"), (None, "out"), ("mona", "init_from")):
+    for section, key in (("data", "root"), (None, "out"), (None, "init"), ("mona", "init_from")):
         owner = getattr(config, section) if section else config
         if getattr(owner, key):
             setattr(owner, key, str(Path(getattr(owner, key)).expanduser().absolute()))
@@ -71,8 +82,8 @@ def check_dataset(config: Config, run_dir: Path) -> None:
                         "--data NEW)", run_dir / "config.yaml")
 
 
-def _stage_student(source: str, run_dir: Path, checkpoint: str = "last") -> tuple[dict[str, torch.Tensor], Path]:
-    """The UNet weights that start a stage: an earlier stage of this run (by name), a run folder
+def _stage_checkpoint(source: str, run_dir: Path, checkpoint: str = "last") -> Path:
+    """The checkpoint that starts a stage: an earlier stage of this run (by name), a run folder
     (its first stage) or a checkpoint file; `checkpoint` ("last" or "best") picks the stage's file."""
     path = Path(source)
     if not path.is_absolute() and (run_dir / source).is_dir():
@@ -82,13 +93,115 @@ def _stage_student(source: str, run_dir: Path, checkpoint: str = "last") -> tupl
     if not path.is_file():
         raise MonaError(f"this stage starts from the student of {source!r}, which has no checkpoint "
                         "(train that stage first, or set mona.init_from)", path)
-    return student_weights(load_checkpoint(path), path), path
+    return path
 
 
-def _start_from(method: Method, stage: Stage, run_dir: Path) -> None:
-    """The method's networks start from the earlier student (`Method.start_from`)."""
-    weights, path = _stage_student(stage.init_from, run_dir, stage.init_checkpoint)
-    method.start_from(weights, lambda module, state: load_weights(module, state, path))
+def init_checkpoint(source: str | Path) -> Path:
+    """The checkpoint `--init` starts from: a finished run's best model on val (its last stage's
+    `best.pt`), or a checkpoint file as given (also an unfinished run's)."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise MonaError("--init: no such run folder or checkpoint file", source)
+    root = run_root(path)
+    if not is_run_folder(root):
+        raise MonaError("--init: not a run folder (no config.yaml or checkpoint); give the folder `mona train "
+                        "--out` wrote, or a checkpoint file", source)
+    left = unfinished_stages(root)
+    if left:
+        raise MonaError(f"--init starts from a finished run, and this one is unfinished ({left}): finish it "
+                        f"(mona train --resume {root}), or start from its checkpoint so far (--init "
+                        f"{run_checkpoint(root, 'best')})", source)
+    path = run_checkpoint(root, "best")
+    if not path.is_file():
+        raise MonaError("--init: this run has no best checkpoint", path)
+    return path
+
+
+def init_stages(stages: list[Stage], init: str) -> list[Stage]:
+    """What a run started from another run's model (`init`, a checkpoint file) trains: its method's
+    last stage, from that model. An earlier stage (MONA's, BCP's and ABD's stage 1) only makes the
+    student the last stage starts from, and a finished model takes its place."""
+    return [dataclasses.replace(stages[-1], init_from=init, init_checkpoint="best")] if init else stages
+
+
+def check_init(path: Path, num_classes: int, root: str) -> dict:
+    """The checkpoint a run starts from, refused when it segments another number of classes than the dataset."""
+    state = load_checkpoint(path)
+    if state["num_classes"] != num_classes:
+        raise MonaError(f"--init: this run segments {state['num_classes']} classes and the dataset {root} "
+                        f"{num_classes}: start from a run trained on the same classes", path)
+    return state
+
+
+def trained_cases(root: Path, labeled: str) -> tuple[set[str], set[str]]:
+    """The volumes of dataset `root` that trained a run of budget `labeled`: (with their masks, as
+    unlabeled scans); empty when the dataset is gone or no longer fits that budget."""
+    listed, meta = root / "train_slices.list", root / "mona.json"
+    try:
+        slices = read_list(listed)
+        unlabeled = set(json.loads(meta.read_text()).get("unlabeled_cases") or []) if meta.is_file() else set()
+        chosen, rest = split_budget(slices, labeled, [volume_of(name) not in unlabeled for name in slices])
+    except (MonaError, OSError, ValueError):
+        return set(), set()
+    return {volume_of(slices[i]) for i in chosen}, {volume_of(slices[i]) for i in rest}
+
+
+def seen_val_cases(state: dict, val: list[str]) -> list[str]:
+    """A note when val cases trained the run a run starts from (`state`, its checkpoint), as when a
+    dataset prepared again with more masks splits its patients anew: their val Dice may overstate."""
+    data = state["config"]["data"]
+    masked, unmasked = trained_cases(Path(data["root"]), str(data["labeled"]))
+    parts = [f"{len(names)} {how} ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''})"
+             for how, names in (("with their masks", sorted(set(val) & masked)),
+                                ("as unlabeled scans", sorted(set(val) & unmasked - masked))) if names]
+    if not parts:
+        return []
+    return [f"note: val cases trained the run this one starts from (its dataset {data['root']}): {', '.join(parts)}; "
+            "val Dice, and the best checkpoint chosen by it, may overstate how the model segments unseen scans"]
+
+
+def _start_from(method: Method, stage: Stage, run_dir: Path) -> tuple[Path, dict]:
+    """The method's networks start from an earlier student (`Method.start_from`); returns the
+    checkpoint's path and contents."""
+    path = _stage_checkpoint(stage.init_from, run_dir, stage.init_checkpoint)
+    state = load_checkpoint(path)
+    method.start_from(student_weights(state, path), lambda module, weights: load_weights(module, weights, path))
+    return path, state
+
+
+def carry_networks(method: Method, saved: dict[str, torch.Tensor], path: Path) -> tuple[list[str], list[str]]:
+    """Load each network of `method` besides the student (teacher, heads, ABD's `model_2`) that
+    `saved` (a checkpoint's `method`) holds under the same name with the same shapes; the others
+    stay as `Method.start_from` set them. Returns the names loaded and the names kept."""
+    own: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in method.weights().items():  # the networks, without memories (queues, banks)
+        name, _, rest = key.partition(".")
+        own.setdefault(name, {})[rest] = value
+    loaded, kept = [], []
+    for name, weights in own.items():
+        if name == "model":
+            continue
+        theirs = {key[len(name) + 1:]: value for key, value in saved.items() if key.startswith(f"{name}.")}
+        fits = all(key in theirs and theirs[key].shape == value.shape for key, value in weights.items())
+        if fits:
+            load_weights(getattr(method, name), theirs, path)
+        (loaded if fits else kept).append(name)
+    return loaded, kept
+
+
+def init_line(path: Path, state: dict, loaded: list[str], kept: list[str], skipped: list[str]) -> str:
+    """What `--init` loaded, said when the run starts."""
+    best = (state.get("metrics") or {}).get("best") or {}
+    dice = f", val Dice {best['dice']:.4f}" if "dice" in best else ""
+    line = (f"init: loaded {', '.join(['student', *loaded])} from {path} ({state['config'].get('method', '?')} "
+            f"run, iteration {state.get('iteration', '?')}{dice})")
+    if kept:
+        line += f"; not in that run: {', '.join(kept)} (set as when a stage starts from an earlier student)"
+    if skipped:
+        line += f"; {' and '.join(f'stage {name}' for name in skipped)} skipped: this model takes its place"
+    return line
 
 
 def _saved_states(run_dir: Path, stages: list[Stage]) -> dict[str, dict | None]:
@@ -127,12 +240,17 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, continu
     """
     absolute_paths(config)
     run_dir = Path(config.out)
-    stages = method_stages(config)
+    if config.init and not resume:
+        config.init = str(init_checkpoint(config.init).absolute())  # the origin config.yaml records
+    declared = method_stages(config)
+    stages = init_stages(declared, config.init)
+    skipped = [stage.name for stage in declared[:-1]] if config.init else []
     device = distributed.setup(resolve_device(config.train.device))  # joins the process group under torchrun
     main = distributed.is_main()
     if resume:
         check_dataset(config, run_dir)
     info = dataset_info(config.data.root, config.data.num_classes)
+    origin = check_init(Path(config.init), info.num_classes, config.data.root) if config.init and not resume else None
     created = main and not run_dir.exists()
     with RunLock(run_dir) if main else nullcontext():
         say = RunLog(run_dir / "train.log" if main else None)
@@ -152,6 +270,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, continu
                         "nor AMD's AVX512-BF16); training in fp32")
                 if len(stages) > 1:
                     say(stage_plan(stages))
+                for line in seen_val_cases(origin, [volume.name for volume in val]) if origin else []:
+                    say(line)
         except BaseException:
             if created:  # a run that failed before it began leaves no folder behind
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -168,7 +288,9 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, continu
             torch.manual_seed(config.train.seed + 1_000_003 * index)  # a stage's initial weights: fixed by the seed
             method = stage.build(info.num_classes)
             if stage.init_from and state is None:
-                _start_from(method, stage, run_dir)
+                path, source = _start_from(method, stage, run_dir)
+                if config.init:
+                    say(init_line(path, source, *carry_networks(method, source["method"], path), skipped))
             try:
                 result = Trainer(config, method, data, val, stage_dir, stage, info, say).fit(state)
             except RunInterrupted as stop:
