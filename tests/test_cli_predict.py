@@ -17,6 +17,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from dicom_series import INTERCEPT, SLOPE, expected_affine, write_series
 from mona.cli.main import main
 from mona.config import load_config
 from mona.data.phantom import write_phantom
@@ -204,6 +205,33 @@ def test_bad_cases_are_reported_and_the_good_ones_written(trained, tmp_path, cap
                      ("broken.nii.gz", "cannot read"), ("labels_only.h5", "no 'image'")):
         line = next(line for line in err.splitlines() if bad in line)
         assert why in line
+
+
+def test_dicom_series_are_scans_and_get_nifti_masks_in_their_geometry(trained, tmp_path, capsys):
+    """#47.5: a folder holding a DICOM series beside a NIfTI of the same voxels: the same mask, written
+    as OUT/<folder>.nii.gz in the series' grid and affine, scored against a truth in that geometry."""
+    root, run = trained
+    _, image, label = phantom_case(root)
+    stored = (image * 900 + 100).transpose(2, 1, 0).astype(np.int16)  # (columns, rows, slices)
+    series = write_series(tmp_path / "in" / "series01", stored)
+    nib.save(nib.Nifti1Image(stored * SLOPE + INTERCEPT, expected_affine(stored.shape[2])),
+             tmp_path / "in" / "same.nii.gz")
+    nib.save(nib.Nifti1Image(label.transpose(2, 1, 0).astype(np.uint8), expected_affine(stored.shape[2])),
+             (tmp_path / "truth").mkdir() or tmp_path / "truth" / "series01.nii.gz")
+    assert main(["predict", "-m", str(run), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--truth",
+                 str(tmp_path / "truth"), "--no-progress"]) == 0
+    mask, same = nib.load(tmp_path / "out" / "series01.nii.gz"), nib.load(tmp_path / "out" / "same.nii.gz")
+    assert mask.shape == stored.shape and np.array_equal(np.asarray(mask.dataobj), np.asarray(same.dataobj))
+    np.testing.assert_allclose(mask.affine, expected_affine(stored.shape[2]), atol=1e-5)
+    predicted = np.asarray(mask.dataobj).transpose(2, 1, 0)
+    assert 2 * ((predicted > 0) & (label > 0)).sum() / ((predicted > 0).sum() + (label > 0).sum()) > 0.3
+    rows = list(csv.DictReader(open(tmp_path / "out" / "cases.csv")))
+    assert [(row["case"], row["class"]) for row in rows] == [("series01", "1"), ("series01", "2"), ("series01", "3")]
+    capsys.readouterr()
+    assert main(["predict", "-m", str(run), "-i", str(series / "IM0002.dcm"), "-o", str(tmp_path / "out2"),
+                 "--no-progress"]) == 1
+    assert (f"mona predict: failed: {series / 'IM0002.dcm'}: a DICOM file holds one slice: give the folder that "
+            "holds its series") in capsys.readouterr().err.splitlines()
 
 
 def test_summary_line_counts_cases(trained, tmp_path, capsys):

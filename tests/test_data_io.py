@@ -7,7 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mona.data.io import Volume, check_labels, read_volume, write_label_volume
+from dicom_series import INTERCEPT, PIXEL_SPACING, SLICE_STEP, SLOPE, expected_affine, write_series
+from mona.data.io import Volume, check_labels, read_dicom_series, read_volume, write_label_volume
 from mona.errors import MonaError
 
 
@@ -161,3 +162,72 @@ def test_check_labels(tmp_path):
         check_labels(labels, 3, tmp_path / "few.h5")
     with pytest.raises(MonaError, match="neg.nii"):
         check_labels(labels.astype(np.int16) - 1, 4, tmp_path / "neg.nii")
+
+
+# DICOM series (#47.5): written here with pydicom (tests/dicom_series.py), read as one scan.
+
+
+def dicom_scan(seed: int = 0, shape=(5, 4, 3)) -> np.ndarray:
+    """Stored int16 values (columns, rows, slices): non-square slices, so a transpose cannot pass."""
+    return np.random.default_rng(seed).integers(-50, 300, shape).astype(np.int16)
+
+
+def test_a_dicom_series_is_one_scan_in_the_geometry_dicom_defines(tmp_path):
+    stored = dicom_scan()
+    folder = write_series(tmp_path / "case01", stored)
+    volume = read_volume(folder)
+    assert volume.image.shape == (3, 4, 5)  # (slices, rows, columns): io order of NIfTI (x, y, z) = (5, 4, 3)
+    np.testing.assert_array_equal(volume.image, (stored * SLOPE + INTERCEPT).transpose(2, 1, 0))
+    np.testing.assert_allclose(volume.affine, expected_affine(), atol=1e-6)
+    np.testing.assert_allclose(volume.spacing, (SLICE_STEP, *PIXEL_SPACING), atol=1e-6)
+    write_label_volume(tmp_path / "mask.nii.gz", (volume.image > 100).astype(np.uint8), volume)
+    mask = nib.load(tmp_path / "mask.nii.gz")
+    assert mask.shape == (5, 4, 3) and nib.aff2axcodes(mask.affine) == nib.aff2axcodes(expected_affine())
+    np.testing.assert_allclose(mask.affine, expected_affine(), atol=1e-5)
+    np.testing.assert_allclose(mask.get_qform(), expected_affine(), atol=1e-5)  # both forms, scanner coordinates
+    assert (int(mask.header["qform_code"]), int(mask.header["sform_code"])) == (1, 1)
+    np.testing.assert_array_equal(np.asarray(mask.dataobj), (stored * SLOPE + INTERCEPT > 100).astype(np.uint8))
+
+
+def test_a_dicom_series_reads_as_simpleitk_reads_it(tmp_path):
+    """The reference reader, where it is installed (not a dependency): same voxels, same affine."""
+    sitk = pytest.importorskip("SimpleITK")
+    folder = write_series(tmp_path / "case01", dicom_scan())
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    sitk.WriteImage(reader.Execute(), str(tmp_path / "sitk.nii.gz"))
+    reference = nib.load(tmp_path / "sitk.nii.gz")
+    ours = read_dicom_series(folder)
+    np.testing.assert_array_equal(ours.get_fdata(), reference.get_fdata())
+    np.testing.assert_allclose(ours.affine, reference.affine, atol=1e-5)
+
+
+def test_one_dicom_file_names_its_folder(tmp_path):
+    folder = write_series(tmp_path / "case01", dicom_scan())
+    with pytest.raises(MonaError) as info:
+        read_volume(folder / "IM0002.dcm")
+    assert str(info.value) == (f"{folder / 'IM0002.dcm'}: a DICOM file holds one slice: give the folder that holds "
+                               "its series")
+
+
+def test_what_is_not_one_3d_series_is_refused_naming_the_file(tmp_path):
+    two = write_series(tmp_path / "two", dicom_scan())
+    write_series(tmp_path / "other", dicom_scan(1))
+    (tmp_path / "other" / "IM0002.dcm").rename(two / "X.dcm")
+    gap = write_series(tmp_path / "gap", dicom_scan(shape=(5, 4, 4)))
+    (gap / "IM0002.dcm").unlink()
+    broken = write_series(tmp_path / "broken", dicom_scan())
+    (broken / "IM0002.dcm").write_bytes(b"not a DICOM file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, message in (
+        (two, f"{two}: holds 2 DICOM series (SeriesInstanceUID): put each series in a folder of its own"),
+        (gap, f"{gap}: its slices are unevenly spaced (2.5 to 5 mm apart): a slice missing?"),
+        (empty, f"{empty}: no DICOM files (.dcm, or files marked DICM) in this folder"),
+    ):
+        with pytest.raises(MonaError) as info:
+            read_volume(folder)
+        assert str(info.value) == message
+    with pytest.raises(MonaError) as info:
+        read_volume(broken)
+    assert str(info.value).startswith(f"{broken / 'IM0002.dcm'}: cannot read as DICOM (InvalidDicomError: ")

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from dicom_series import INTERCEPT, SLOPE, expected_affine, write_series
 from mona.cli import prepare as cli
 from mona.cli.main import main
 from mona.data.prepare import prepare_acdc, prepare_folder, prepare_lits, prepare_mmwhs, prepare_nnunet
@@ -643,17 +644,16 @@ def test_partial_acdc_falls_back_to_a_seeded_split(tmp_path, capsys):
 
 
 def test_prepare_lists_the_files_it_skips(tmp_path, capsys):
-    """#46.9: files in the scans or masks folder that are not NIfTI are named, not silently left out."""
+    """#46.9: files in the scans or masks folder that are not scans are named, not silently left out."""
     own_folder(tmp_path / "raw", cases=3, values=(0, 1))
     (tmp_path / "raw" / "images" / "notes.txt").write_text("scanned 2026")
-    (tmp_path / "raw" / "images" / "dicom").mkdir()
-    (tmp_path / "raw" / "images" / "dicom" / "IM0001.dcm").write_bytes(b"DICM")
+    (tmp_path / "raw" / "images" / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")  # an index, not a slice
     (tmp_path / "raw" / "masks" / "scan0.png").write_bytes(b"PNG")
     images, masks = tmp_path / "raw" / "images", tmp_path / "raw" / "masks"
     assert main(["prepare", "folder", "--images", str(images), "--masks", str(masks), str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert err[:2] == [f"note: skipped 2 file(s) in {images} that are not NIfTI scans (.nii.gz, .nii): "
-                       "dicom/IM0001.dcm, notes.txt",
+    assert err[:2] == [f"note: skipped 2 file(s) in {images} that are not scans (.nii.gz, .nii, or a folder holding "
+                       "one DICOM series): DICOMDIR, notes.txt",
                        f"note: skipped 1 file(s) in {masks} that are not masks of the scans (.nii.gz, .nii): scan0.png"]
 
 
@@ -677,7 +677,7 @@ def test_an_empty_masks_folder_is_named(tmp_path, capsys):
                  str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"mona prepare: error: {masks}: no masks found: each is a .nii.gz or .nii file named as its scan "
-        "(case.nii.gz for case.nii.gz or case_0000.nii.gz)")
+        "(case.nii.gz for case.nii.gz, case_0000.nii.gz or a DICOM series folder case/)")
 
 
 def test_a_bad_mask_stops_prepare_before_it_prints_a_split(tmp_path, capsys):
@@ -687,3 +687,27 @@ def test_a_bad_mask_stops_prepare_before_it_prints_a_split(tmp_path, capsys):
                  str(tmp_path / "raw" / "masks"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert name in err.splitlines()[-1] and "labeled cases" not in err and "split:" not in err
+
+
+def test_a_folder_holding_a_dicom_series_is_one_scan(tmp_path, capsys):
+    """#47.5: IMAGES/<case>/ (at any depth) holding one DICOM series is the scan <case>, its mask a NIfTI
+    in the series' geometry; every voxel lands where DICOM's geometry puts it (through world positions)."""
+    rng = np.random.default_rng(0)
+    images, masks = tmp_path / "raw" / "images", tmp_path / "raw" / "masks"
+    arrays = {}
+    for k in range(3):
+        stored = rng.integers(0, 600, (5, 4, 3)).astype(np.int16)
+        write_series(images / ("export/study" if k == 2 else "") / f"case{k}", stored)
+        arrays[f"case{k}"] = (stored * SLOPE + INTERCEPT, rng.choice([0, 1, 2], (5, 4, 3)).astype(np.uint8))
+        save(masks / f"case{k}.nii.gz", arrays[f"case{k}"][1], expected_affine())
+    (images / "case0" / "notes.txt").write_text("not a slice")
+    assert main(["prepare", "folder", "--images", str(images), "--masks", str(masks), str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"note: skipped 1 file(s) in {images} that are not scans (.nii.gz, .nii, or a folder holding one DICOM "
+        "series): case0/notes.txt")
+    meta = json.loads((tmp_path / "out" / "mona.json").read_text())
+    assert meta["labeled_cases"] == ["case0", "case1", "case2"] and meta["cases"]["case2"]["source"] == "case2"
+    for case, (image, label) in arrays.items():
+        _, _, case_meta = assert_same_voxels(tmp_path / "out", case, image, label, expected_affine(),
+                                             percentile_window, lambda x: x)
+        assert case_meta["original_shape"] == [5, 4, 3]

@@ -19,8 +19,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dicom_series import INTERCEPT, SLOPE, expected_affine, write_series
 from mona.data.prepare import prepare_folder
-from mona.evaluation.predict import Predictor, predict_file, preprocessing_from_metadata
+from mona.evaluation.predict import Predictor, find_inputs, predict_file, preprocessing_from_metadata
 
 SIZE = 10  # a cube of SIZE voxels: every slice is SIZE x SIZE, the network size, so nothing is resized
 CLASSES = 3
@@ -175,3 +176,34 @@ def test_network_input_of_a_raw_nifti_is_what_prepare_wrote(tmp_path, options):
         prepared_image, _ = prepared_case(prepared, f"case{k}")
         np.testing.assert_array_equal(torch.cat(predictor.model.seen)[:, 0].numpy(), prepared_image,
                                       err_msg=f"case{k} with {meta['normalisation']}")
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_a_dicom_series_gets_its_mask_in_its_own_geometry(tmp_path, axis):
+    """#47.5: oblique DICOM series (tests/dicom_series.py) prepared and predicted as folders: the mask
+    is the NIfTI OUT/<folder>.nii.gz with the series' voxel grid (column, row, slice) and the affine
+    DICOM defines for it, each voxel the oracle's label at its world position."""
+    affine = expected_affine(SIZE)
+    for k in range(2):
+        image, mask = scan(k)
+        write_series(tmp_path / "raw" / "images" / f"case{k}", ((image - INTERCEPT) / SLOPE).astype(np.int16))
+        (tmp_path / "raw" / "masks").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(mask, affine), tmp_path / "raw" / "masks" / f"case{k}.nii.gz")
+    prepared = prepare_folder(tmp_path / "raw" / "images", tmp_path / "raw" / "masks", tmp_path / "prepared",
+                              axis=axis, hu_window=(0, 300))
+    predictor = predictor_for(prepared)
+    prepared_image, h5_affine = prepared_case(prepared, "case0")
+    expected = expected_mask(affine, prepared_image, h5_affine)
+    assert len(np.unique(expected)) == CLASSES
+
+    inputs = find_inputs(tmp_path / "raw" / "images")
+    assert inputs == [tmp_path / "raw" / "images" / "case0", tmp_path / "raw" / "images" / "case1"]
+    assert find_inputs(inputs[0]) == [inputs[0]]  # a series folder given itself is one scan
+    result = predict_file(predictor, inputs[0], tmp_path / "out")
+    assert result.output == tmp_path / "out" / "case0.nii.gz"
+    written = nib.load(result.output)
+    assert written.shape == (SIZE,) * 3 and nib.aff2axcodes(written.affine) == nib.aff2axcodes(affine)
+    np.testing.assert_allclose(written.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asanyarray(written.dataobj), expected)
+    np.testing.assert_array_equal(torch.cat(predictor.model.seen)[:, 0].numpy(), prepared_image)
+    np.testing.assert_array_equal(predictor.segment_file(inputs[0]), expected)  # the Python API, the same mask

@@ -5,13 +5,17 @@
   mona predict -m runs/mt7 -i data/test/ -o masks/ --truth labels/ --probabilities
   mona predict -m runs/mona -i volume.h5 -o masks/ --format nii --device cuda --amp
 
-INPUT is a NIfTI file (.nii.gz, .nii), an SSL4MIS h5 volume (key `image`), or a folder of them.
+INPUT is a NIfTI file (.nii.gz, .nii), an SSL4MIS h5 volume (key `image`), a folder holding one
+DICOM series (read as one scan, as ITK reads it: mona.data.io.read_dicom_series), or a folder of
+them (DICOM series: its sub-folders at any depth, each case named as its folder).
 The run's best checkpoint on val is used (RUN_DIR/best.pt, or RUN_DIR/finetune/best.pt for MONA)
 unless --checkpoint says otherwise. NIfTI scans get the training preprocessing (orientation,
 slicing axis and normalisation from the run's dataset mona.json, see mona.evaluation.predict);
 h5 volumes are taken as prepared. Each mask is written to OUT under the input's case name (as
 nnU-Net: `case_0000.nii.gz` gives `case.nii.gz`), as uint8 in the input's shape, voxel order,
-affine and header (h5: key `label`). A NIfTI scan's mask holds the values of the masks the run's
+affine and header (h5: key `label`); a DICOM series' mask is OUT/<folder>.nii.gz in the series'
+geometry (column, row, slice along the normal; the affine from ImagePositionPatient,
+ImageOrientationPatient and PixelSpacing). A NIfTI scan's mask holds the values of the masks the run's
 dataset was prepared from (0/255 masks give 0/255 masks); an h5 volume's holds class indices.
 A run that is still training, or stopped before it ended, is refused: --unfinished uses its
 checkpoint so far (not post-processed: the choice is made when training ends).
@@ -62,7 +66,7 @@ def _positive(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", "--model", required=True, type=Path, metavar="RUN_DIR", help="a training run folder")
     parser.add_argument("-i", "--input", required=True, type=Path, metavar="INPUT",
-                        help="a .nii.gz/.nii/.h5 volume or a folder of them")
+                        help="a .nii.gz/.nii/.h5 volume, a folder holding one DICOM series, or a folder of them")
     parser.add_argument("-o", "--out", required=True, type=Path, metavar="OUT", help="output folder")
     parser.add_argument("--checkpoint", default="best", help="best (on val, default), last, or a checkpoint file")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

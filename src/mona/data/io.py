@@ -1,9 +1,12 @@
-"""Read and write 3D volumes: SSL4MIS `.h5` and NIfTI `.nii`/`.nii.gz`.
+"""Read and write 3D volumes: SSL4MIS `.h5`, NIfTI `.nii`/`.nii.gz`, and DICOM series (read only).
 
 Arrays are always (D, H, W) with spacing in the same axis order, as in the SSL4MIS
 layout. NIfTI stores (x, y, z), so its data is transposed to (z, y, x) on reading and
 back on writing; the affine and header are kept so a prediction can be written in the
-space of its input. Every problem with a user's file raises `MonaError` naming it.
+space of its input. A folder holding the files of one DICOM series is read as one scan
+(`read_dicom_series`): as the NIfTI image that ITK (SimpleITK, 3D Slicer, ITK-SNAP) makes of it,
+so its mask is written as NIfTI in the series' geometry. Every problem with a user's file
+raises `MonaError` naming it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from nibabel.spatialimages import HeaderDataError
 from mona.errors import MonaError
 
 EXTENSIONS = (".nii.gz", ".nii", ".h5")
+DICOM_SERIES = ""  # the `split_name` extension of a folder holding one DICOM series
+# Slices of a series may be unevenly spaced by this share of their mean step (rounded positions), no more.
+SLICE_STEP_TOLERANCE = 0.01
 
 # What h5py and nibabel raise on unreadable, truncated or corrupt files.
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError, HeaderDataError)
@@ -53,12 +59,18 @@ class Volume:
 
 
 def split_name(path: str | Path) -> tuple[str, str]:
-    """(name, extension) of a volume file, e.g. ("case01", ".nii.gz"); MonaError for other types."""
-    filename = Path(path).name
+    """(name, extension) of a volume file, e.g. ("case01", ".nii.gz"), or (folder name, `DICOM_SERIES`)
+    of a folder (a DICOM series); MonaError for other types."""
+    path = Path(path)
+    if path.is_dir():
+        return path.name, DICOM_SERIES
     for ext in EXTENSIONS:
-        if filename.endswith(ext) and len(filename) > len(ext):
-            return filename[: -len(ext)], ext
-    raise MonaError(f"unsupported file type, expected one of {', '.join(EXTENSIONS)}", path)
+        if path.name.endswith(ext) and len(path.name) > len(ext):
+            return path.name[: -len(ext)], ext
+    if is_dicom_file(path):
+        raise MonaError("a DICOM file holds one slice: give the folder that holds its series", path)
+    raise MonaError(f"unsupported file type, expected one of {', '.join(EXTENSIONS)} or a folder holding one DICOM "
+                    "series", path)
 
 
 def case_name(path: str | Path) -> str:
@@ -69,7 +81,8 @@ def case_name(path: str | Path) -> str:
 
 
 def read_volume(path: str | Path, labels_only: bool = False) -> Volume:
-    """Read an `.h5` (keys `image`, `label`, attr `spacing`) or NIfTI file into a `Volume`.
+    """Read an `.h5` (keys `image`, `label`, attr `spacing`), a NIfTI file or a folder holding one
+    DICOM series (`read_dicom_series`) into a `Volume`.
 
     An h5 file may hold only one of the two keys (a prediction holds only `label`).
     A NIfTI file holds one array: it becomes `image`, or `label` with `labels_only`.
@@ -77,6 +90,8 @@ def read_volume(path: str | Path, labels_only: bool = False) -> Volume:
     """
     path = Path(path)
     _, ext = split_name(path)
+    if ext == DICOM_SERIES:
+        return _read_nifti_image(read_dicom_series(path), path, labels_only)
     if not path.is_file():
         raise MonaError("file not found", path)
     try:
@@ -101,7 +116,10 @@ def _read_h5(path: Path, labels_only: bool) -> Volume:
 
 def _read_nifti(path: Path, labels_only: bool) -> Volume:
     """A 3D NIfTI; trailing axes of size 1 (x, y, z, 1), which `mona prepare` accepts too, are dropped."""
-    img = nib.load(path)
+    return _read_nifti_image(nib.load(path), path, labels_only)
+
+
+def _read_nifti_image(img: nib.Nifti1Image, path: Path, labels_only: bool) -> Volume:
     data = np.asanyarray(img.dataobj)
     if data.ndim > 3 and all(n == 1 for n in data.shape[3:]):
         data = data.reshape(data.shape[:3])
@@ -228,3 +246,148 @@ def _nifti_image(labels: np.ndarray, reference: Volume | None) -> nib.Nifti1Imag
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)
     return img
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A DICOM file: `.dcm` (any case), or a file with the `DICM` marker of DICOM Part 10 at byte 128
+    (exports often have no extension); a DICOMDIR index is not a slice."""
+    if path.name.upper() == "DICOMDIR" or path.name.startswith(".") or not path.is_file():
+        return False
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """The DICOM files directly in `folder` (`is_dicom_file`), by name."""
+    return [path for path in sorted(Path(folder).iterdir()) if is_dicom_file(path)]
+
+
+def is_dicom_series(path: str | Path) -> bool:
+    """Whether `path` is a folder with DICOM files directly in it (read as one series)."""
+    path = Path(path)
+    return path.is_dir() and any(is_dicom_file(entry) for entry in path.iterdir())
+
+
+def find_dicom_series(root: Path) -> dict[str, Path]:
+    """Case -> folder for every folder at or below `root` that holds DICOM files directly
+    (`is_dicom_series`); the case is the folder's name (`scans/case01/` is `case01`), and two
+    folders of one name are an error, as two files of one case are."""
+    found: dict[str, Path] = {}
+    root = Path(root)
+    for folder in [root, *sorted(path for path in root.rglob("*") if path.is_dir())]:
+        if any(part.startswith(".") for part in folder.relative_to(root).parts) or not is_dicom_series(folder):
+            continue
+        if folder.name in found:
+            raise MonaError(f"case {folder.name} appears twice (also {found[folder.name]})", folder)
+        found[folder.name] = folder
+    return found
+
+
+def read_dicom_series(folder: str | Path) -> nib.Nifti1Image:
+    """The DICOM series in `folder` as an in-memory NIfTI image (float32, rescale slope and intercept
+    applied), with the geometry ITK gives a series (SimpleITK's `ImageSeriesReader`, 3D Slicer).
+
+    Voxel (i, j, k) is column i and row j of the k-th slice along the slice normal (row cosine x
+    column cosine of ImageOrientationPatient); the affine maps it to RAS millimetres (DICOM's LPS with
+    x and y negated): its columns are the row cosine times the column spacing (PixelSpacing[1]), the
+    column cosine times the row spacing (PixelSpacing[0]), the step between consecutive slices'
+    ImagePositionPatient, and the first slice's position. A single slice steps SpacingBetweenSlices
+    (else SliceThickness, else 1 mm) along the normal. Refused, naming the file: several series
+    (SeriesInstanceUID) in one folder, slices of differing orientation, spacing or size, two slices at
+    one position (time points, echoes), unevenly spaced slices (a missing slice), multi-frame and colour
+    files, and pixel data that pydicom cannot decode (compressed, without its plug-ins).
+    """
+    import pydicom  # not at the top: only DICOM input needs it
+    from pydicom.errors import InvalidDicomError
+
+    folder = Path(folder)
+    files = dicom_files(folder) if folder.is_dir() else []
+    if not files:
+        raise MonaError("no DICOM files (.dcm, or files marked DICM) in this folder", folder)
+    slices = []
+    for path in files:
+        try:
+            slices.append((path, pydicom.dcmread(path)))
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            raise MonaError(f"cannot read as DICOM ({type(exc).__name__}: {exc})", path) from None
+    _check_series(folder, slices)
+    first = slices[0][1]
+    cosines = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    row, column = cosines[:3], cosines[3:]
+    normal = np.cross(row, column)
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in slices])
+    order = np.argsort(positions @ normal, kind="stable")
+    slices, positions = [slices[i] for i in order], positions[order]
+    step = _slice_step(folder, slices, positions, normal)
+    pixel_spacing = [float(v) for v in first.PixelSpacing]
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1] = row * pixel_spacing[1], column * pixel_spacing[0]
+    lps[:3, 2], lps[:3, 3] = step, positions[0]
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    data = np.stack([_slice_pixels(path, ds).T for path, ds in slices], axis=2)  # (columns, rows, slices)
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)  # scanner coordinates, as dcm2niix and ITK write them
+    img.set_sform(affine, code=1)
+    return img
+
+
+def _check_series(folder: Path, slices: list) -> None:
+    """One series of single-frame greyscale slices of one orientation, spacing and size."""
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        raise MonaError(f"holds {len(series)} DICOM series (SeriesInstanceUID): put each series in a folder of its "
+                        "own", folder)
+    first_path, first = slices[0]
+    for path, ds in slices:
+        missing = [key for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
+                                   "Columns", "PixelData") if key not in ds]
+        if missing:
+            raise MonaError(f"lacks {', '.join(missing)}: not a slice of a 3D scan", path)
+        if int(ds.get("NumberOfFrames") or 1) > 1 or int(ds.get("SamplesPerPixel") or 1) != 1:
+            raise MonaError("multi-frame and colour DICOM files are not read: export the series as one greyscale "
+                            "slice per file, or convert it to NIfTI (e.g. dcm2niix)", path)
+        same = (np.allclose(np.asarray(ds.ImageOrientationPatient, float),
+                            np.asarray(first.ImageOrientationPatient, float), atol=1e-4)
+                and np.allclose(np.asarray(ds.PixelSpacing, float), np.asarray(first.PixelSpacing, float), atol=1e-4)
+                and (ds.Rows, ds.Columns) == (first.Rows, first.Columns))
+        if not same:
+            raise MonaError(f"its orientation, pixel spacing or size differs from that of {first_path.name}: "
+                            "not one 3D series", path)
+
+
+def _slice_step(folder: Path, slices: list, positions: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """The step (LPS mm) from one slice's position to the next, which must be the same for all."""
+    if len(slices) == 1:
+        ds = slices[0][1]
+        return normal * float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+    steps = np.diff(positions, axis=0)
+    depth = steps @ normal
+    if depth.min() < 1e-4:
+        where = int(np.argmin(depth))
+        raise MonaError(f"{slices[where][0].name} and {slices[where + 1][0].name} lie at one position: several "
+                        "time points or echoes in one folder; put each volume in a folder of its own", folder)
+    step = (positions[-1] - positions[0]) / (len(slices) - 1)
+    if np.abs(steps - step).max() > SLICE_STEP_TOLERANCE * np.linalg.norm(step):
+        raise MonaError(f"its slices are unevenly spaced ({depth.min():.4g} to {depth.max():.4g} mm apart): a slice "
+                        "missing?", folder)
+    return step
+
+
+def _slice_pixels(path: Path, ds) -> np.ndarray:
+    """One slice's pixels (rows, columns) as float32, with RescaleSlope and RescaleIntercept applied."""
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises several types for pixel data it cannot decode
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        what = getattr(syntax, "name", "") or "its transfer syntax"
+        raise MonaError(f"cannot decode the pixel data ({what}: {str(exc).splitlines()[0]}); compressed DICOM needs "
+                        "pydicom's decoders (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or a "
+                        "decompressed copy", path) from None
+    slope, intercept = float(ds.get("RescaleSlope") or 1.0), float(ds.get("RescaleIntercept") or 0.0)
+    return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(np.float32)

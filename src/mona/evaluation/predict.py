@@ -34,7 +34,17 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from mona.data.io import Volume, atomic_path, case_name, check_labels, read_volume, split_name, write_label_volume
+from mona.data.io import (
+    Volume,
+    atomic_path,
+    case_name,
+    check_labels,
+    find_dicom_series,
+    is_dicom_series,
+    read_volume,
+    split_name,
+    write_label_volume,
+)
 from mona.data.prepare.common import h5_axes, map_labels, minmax, percentile_window, window
 from mona.engine.run import load_run_model, postprocessed_classes, run_checkpoint
 from mona.engine.run_folder import run_root, unfinished_stages
@@ -350,7 +360,8 @@ class CaseResult:
 
 
 def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
-    """OUT/<case><ext>: the input's extension (`same`), `.h5`, or NIfTI (`.nii.gz` unless it was `.nii`).
+    """OUT/<case><ext>: the input's extension (`same`), `.h5`, or NIfTI (`.nii.gz` unless it was `.nii`;
+    a DICOM series' mask is always NIfTI).
 
     <case> is `case_name`: `case_0000.nii.gz` is written as `case.nii.gz`, as nnU-Net names predictions.
     """
@@ -359,7 +370,7 @@ def output_path(path: Path, out_dir: Path, fmt: str = "same") -> Path:
     name, ext = case_name(path), split_name(path)[1]
     if fmt == "h5" or (fmt == "same" and ext == ".h5"):
         return out_dir / f"{name}.h5"
-    return out_dir / f"{name}{ext if ext != '.h5' else '.nii.gz'}"
+    return out_dir / f"{name}{ext if ext.startswith('.nii') else '.nii.gz'}"
 
 
 def predict_file(predictor: Predictor, path: str | Path, out_dir: str | Path, *, fmt: str = "same",
@@ -455,16 +466,20 @@ def _write_nifti(path: Path, data: np.ndarray, volume: Volume) -> None:
 
 
 def find_inputs(path: str | Path) -> list[Path]:
-    """The volume files of INPUT: the file itself, or a folder's `.nii.gz`/`.nii`/`.h5` files by name."""
+    """The volumes of INPUT: the file itself, a folder holding one DICOM series, or a folder's
+    `.nii.gz`/`.nii`/`.h5` files by name and the DICOM series folders in and below it (`find_dicom_series`)."""
     path = Path(path)
-    if path.is_file():
+    if path.is_file() or is_dicom_series(path):
         return [path]
     if not path.exists():
         raise MonaError("input not found", path)
-    found = list(volumes_by_name(path).values())
-    if not found:
-        raise MonaError("no volumes (.nii.gz, .nii, .h5) in this folder", path)
-    return found
+    files, series = volumes_by_name(path), find_dicom_series(path)
+    both = sorted(set(files) & set(series))
+    if both:
+        raise MonaError(f"case {both[0]} is both {files[both[0]].name} and the DICOM series {series[both[0]]}", path)
+    if not files and not series:
+        raise MonaError("no volumes (.nii.gz, .nii, .h5) or DICOM series in this folder", path)
+    return [*files.values(), *series.values()]
 
 
 def predict_cases(predictor: Predictor, inputs: list[Path], out_dir: str | Path, *,

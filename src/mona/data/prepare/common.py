@@ -1,5 +1,7 @@
 """What every `mona prepare` dataset shares: reading raw NIfTI pairs (or scans without a mask),
 normalising, and writing the SSL4MIS layout (with `mona.json`) into place only once it is complete.
+A scan may also be a folder holding one DICOM series (`mona.data.io.read_dicom_series`), read as
+the NIfTI image ITK makes of it; its mask is a NIfTI file in that geometry.
 
 Array order: a raw volume (x, y, z) is transposed so the slicing axis comes first and the
 other two follow in descending order; for axial slicing that is (z, y, x), the order
@@ -27,12 +29,14 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from mona.data.io import dicom_files, find_dicom_series, read_dicom_series
 from mona.data.ssl4mis import patient_of, volume_of
 from mona.errors import MonaError
 
 SPLITS = ("train", "val", "test")
 # A scan file name: the case, nnU-Net's optional `_0000` channel suffix, a NIfTI ending.
 SCAN_PATTERN = r"(.+?)(?:_0000)?\.nii(?:\.gz)?"
+SCANS = "scans (.nii.gz, .nii, or a folder holding one DICOM series)"
 # Image and label must share their geometry; 1e-3 (mm, or unitless for direction terms)
 # absorbs float noise between qform and sform without accepting a real mismatch.
 AFFINE_TOLERANCE = 1e-3
@@ -90,9 +94,10 @@ def reading(path: Path) -> Iterator[None]:
 
 
 def load_nifti(path: Path) -> nib.Nifti1Image:
-    """Open a NIfTI header (data stays on disk); a 4D image (beyond trailing size-1 axes) is refused."""
+    """Open a NIfTI header (data stays on disk), or read the DICOM series of a folder; a 4D image
+    (beyond trailing size-1 axes) is refused."""
     with reading(path):
-        img = nib.load(path)
+        img = read_dicom_series(path) if Path(path).is_dir() else nib.load(path)
     if len(img.shape) < 3 or any(n != 1 for n in img.shape[3:]):
         raise MonaError(f"expected a 3D volume, found shape {img.shape}", path)
     return img
@@ -216,12 +221,25 @@ def find_files(root: Path, pattern: str) -> dict[str, Path]:
     return found
 
 
+def find_scan_files(root: Path) -> dict[str, Path]:
+    """Case -> scan below `root`: NIfTI files (`SCAN_PATTERN`) and folders holding one DICOM series
+    (`find_dicom_series`: a folder `case01/` is the case `case01`)."""
+    scans = find_files(root, SCAN_PATTERN)
+    for case, folder in find_dicom_series(root).items():
+        if case in scans:
+            raise MonaError(f"case {case} appears twice (also {scans[case]})", folder)
+        scans[case] = folder
+    return scans
+
+
 def find_pairs(image_root: Path, label_root: Path, image_pattern: str, label_pattern: str,
                what: str, *, require_labels: bool = True) -> dict[str, tuple[Path, Path | None]]:
     """Case key -> (image, label) for the files below `image_root` and `label_root` whose names
-    match the two regexes (group 1 = the key). A label without image is an error; so is an image
-    without label, unless `require_labels` is off: its label is then None (an unlabeled case)."""
-    images, labels = find_files(image_root, image_pattern), find_files(label_root, label_pattern)
+    match the two regexes (group 1 = the key; `SCAN_PATTERN` for images also takes DICOM series,
+    `find_scan_files`). A label without image is an error; so is an image without label, unless
+    `require_labels` is off: its label is then None (an unlabeled case)."""
+    images = find_scan_files(image_root) if image_pattern == SCAN_PATTERN else find_files(image_root, image_pattern)
+    labels = find_files(label_root, label_pattern)
     if not images and not labels:
         raise MonaError(f"no {what} found (empty dataset)", image_root)
     for key, path in images.items():
@@ -234,8 +252,10 @@ def find_pairs(image_root: Path, label_root: Path, image_pattern: str, label_pat
 
 
 def skipped_files(root: Path, used: list[Path]) -> list[Path]:
-    """The files below `root` that prepare does not read (`used` are those it does); hidden ones aside."""
+    """The files below `root` that prepare does not read (`used` are those it does, a DICOM series'
+    folder its DICOM files); hidden ones aside."""
     used_set = {Path(path).resolve() for path in used}
+    used_set |= {path.resolve() for folder in used if Path(folder).is_dir() for path in dicom_files(folder)}
     return [path for path in sorted(Path(root).rglob("*")) if path.is_file() and not path.name.startswith(".")
             and path.resolve() not in used_set]
 
@@ -250,11 +270,11 @@ def log_skipped(root: Path, used: list[Path], what: str, log: Log) -> None:
 
 
 def find_scans(folder: Path) -> dict[str, tuple[Path, None]]:
-    """Case -> (scan, no label) for every `.nii.gz`/`.nii` below `folder` (names as `SCAN_PATTERN`)."""
+    """Case -> (scan, no label) for every scan below `folder` (`find_scan_files`)."""
     folder = raw_folder(folder)
-    scans = find_files(folder, SCAN_PATTERN)
+    scans = find_scan_files(folder)
     if not scans:
-        raise MonaError("no NIfTI scans (.nii.gz, .nii) found", folder)
+        raise MonaError(f"no {SCANS} found", folder)
     return {name: (path, None) for name, path in scans.items()}
 
 

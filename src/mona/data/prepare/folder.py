@@ -1,16 +1,19 @@
 """`mona prepare folder`: a folder of scans and a folder of masks for some of them -> the SSL4MIS layout.
 
-Scans are the `.nii.gz`/`.nii` files below IMAGES, masks those below MASKS with the same name; a
-scan may carry nnU-Net's `_0000` channel suffix (`case_0000.nii.gz` matches the mask
-`case.nii.gz`). A scan without a mask is an unlabeled training case, and `unlabeled` adds a
-folder of more; a mask without a scan is an error. Classes: by default the distinct values found
-across the masks (0, background, always first) in ascending order, named `class <value>` and
-mapped to 0..K-1; with `classes` the masks hold the values 0..K-1 that those names describe, and
-any other value is an error naming the file. A value that only one of several masks holds (a stray
-0/255 mask among 0..3 ones) is warned about, naming the mask; files that are not NIfTI scans or
-masks (`notes.txt`, DICOM) are listed as skipped. Everything else (the split by patient, orientation,
-slicing axis, normalisation, `modality` CT for an estimated HU window) is that of
-`mona prepare nnunet` (`mona.data.prepare.nnunet.prepare_partly_labeled`).
+Scans are the `.nii.gz`/`.nii` files below IMAGES, and the folders below it that hold the files of
+one DICOM series (`IMAGES/case01/*.dcm`, or deeper, is the scan `case01`); masks are the NIfTI
+files below MASKS with the scan's name. A scan may carry nnU-Net's `_0000`
+channel suffix (`case_0000.nii.gz` matches the mask `case.nii.gz`); a DICOM series' mask is a
+NIfTI in the series' geometry (`mona.data.io.read_dicom_series`, as ITK-based tools save it). A
+scan without a mask is an unlabeled training case, and `unlabeled` adds a folder of more; a mask
+without a scan is an error. Classes: by default the distinct values found across the masks (0,
+background, always first) in ascending order, named `class <value>` and mapped to 0..K-1; with
+`classes` the masks hold the values 0..K-1 that those names describe, and any other value is an
+error naming the file. A value that only one of several masks holds (a stray 0/255 mask among 0..3
+ones) is warned about, naming the mask; files that are not scans or masks (`notes.txt`, a
+DICOMDIR) are listed as skipped. Everything else (the split by patient, orientation, slicing axis,
+normalisation, `modality` CT for an estimated HU window) is that of `mona prepare nnunet`
+(`mona.data.prepare.nnunet.prepare_partly_labeled`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from mona.data.prepare.common import (
     SCAN_PATTERN,
+    SCANS,
     Log,
     check_output,
     find_pairs,
@@ -78,13 +82,12 @@ def prepare_folder(images: Path, masks: Path, out: Path, *, classes: list[str] |
     if images.resolve() == masks.resolve() or images.resolve() in masks.resolve().parents:
         raise MonaError(f"the masks folder must not be inside the images folder {images}", masks)
     check_output(out, raw=masks, overwrite=overwrite)
-    sources = find_pairs(images, masks, SCAN_PATTERN, SCAN_PATTERN, "NIfTI scans (.nii.gz, .nii)",
-                         require_labels=False)
+    sources = find_pairs(images, masks, SCAN_PATTERN, SCAN_PATTERN, SCANS, require_labels=False)
     labels = [label for _, label in sources.values() if label is not None]
     if not labels:
         raise MonaError("no masks found: each is a .nii.gz or .nii file named as its scan (case.nii.gz for "
-                        "case.nii.gz or case_0000.nii.gz)", masks)
-    log_skipped(images, [image for image, _ in sources.values()], "NIfTI scans (.nii.gz, .nii)", log)
+                        "case.nii.gz, case_0000.nii.gz or a DICOM series folder case/)", masks)
+    log_skipped(images, [image for image, _ in sources.values()], SCANS, log)
     log_skipped(masks, labels, "masks of the scans (.nii.gz, .nii)", log)
     if classes is None:
         values = mask_values(labels, log)

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mona.data.prepare.common import (
+    SCANS,
     DatasetMeta,
     Log,
     canonical_spacing,
@@ -143,7 +144,7 @@ def prepare_partly_labeled(raw: Path, out: Path, *, name: str, classes: list[str
     sources = {**sources, **test_sources}
     if unlabeled is not None:
         more = find_scans(unlabeled)
-        log_skipped(Path(unlabeled), [scan for scan, _ in more.values()], "NIfTI scans (.nii.gz, .nii)", log)
+        log_skipped(Path(unlabeled), [scan for scan, _ in more.values()], SCANS, log)
         clash = sorted(set(more) & set(sources))
         if clash:
             raise MonaError(f"case {clash[0]} is also in {raw} (case names must be unique)", more[clash[0]][0])
