@@ -2,7 +2,7 @@
 
   python benchmarks/peer_curves.py PEER_LOG RUN [--iterations-per-epoch N] [--json OUT.json]
 
-PEER_LOG is the log of an official script: BCP's or ABD's run by `benchmarks/peer_bcp.sh` (lines
+PEER_LOG is the log of an official script: BCP's or ABD's run by `benchmarks/peer_copy_paste.sh` (lines
 "iteration N : mean_dice : D", one run of lines per stage, each restarting at iteration 200; ABD
 logs "model1_mean_dice" and "model2_mean_dice" and student 1 is read), or UniMatch's run by
 `benchmarks/peer_unimatch.sh` (one "MeanDice: D" line, in %, per epoch: give
