@@ -126,9 +126,10 @@ def test_the_form_with_the_lowest_leave_one_out_error_is_kept_and_the_estimate_c
     assert model.forms[model.form]["loo_mae"] == min(score["loo_mae"] for score in model.forms.values()) < 0.05
     assert "tta" in model.features and model.forms["line on confidence"]["loo_mae"] > 0.1
     assert model.predict({**rows[0], "tta": 10.0}) == 1.0 and model.predict({**rows[0], "tta": -10.0}) == 0.0
-    few = QualityModel.fit(rows[:5], dice[:5])
-    assert few.form == "raw agreement" and few.predict(rows[0]) == pytest.approx(
-        rows[0]["agreement"] * (1 - rows[0]["missing"]))
+    few = QualityModel.fit(rows[:5], dice[:5])  # too few to choose: the agreement, scaled by least squares
+    raw = np.array([row["agreement"] * (1 - row["missing"]) for row in rows[:5]])
+    assert few.form == "scaled agreement" and few.predict(rows[0]) == pytest.approx(
+        min(1.0, raw[0] * (raw @ dice[:5]) / (raw @ raw)))
 
 
 def test_rows_round_trip_through_csv(tmp_path):
@@ -236,3 +237,17 @@ def test_real_browser_loads_the_report_and_the_slider_moves(reported, tmp_path):
         layers = re.findall(r'<img class="layer" alt="" [^>]*src="([^"]*)"', first)
         assert layers == frames[index][1:] and len(layers) in (3, 4)  # (truth,) mask, uncertainty and the image's
         assert f"<output>slice {index + 1} of {len(frames)}</output>" in first
+
+
+def test_the_python_api_gives_the_quality_the_cli_wrote(reported):
+    _, tmp, run, (first, _), _ = reported
+    import mona
+
+    predictor = mona.load_predictor(run)
+    estimator = mona.load_quality_estimator(predictor, run)  # the fit the CLI cached
+    scan = nib.load(tmp / "in" / f"{first}.nii.gz")
+    found = predictor.segmentation(scan.get_fdata(), affine=scan.affine)
+    assessment = estimator.assess(found, first)
+    written = {row["case"]: row["quality"] for row in csv.DictReader(open(tmp / "out" / "quality.csv"))}
+    assert f"{assessment.quality:.4f}" == written[first]
+    assert assessment.uncertainty.shape == found.labels.shape

@@ -9,6 +9,9 @@ The Python API, beside the `mona` command (the same code paths):
     predictor = mona.load_predictor("runs/mt")          # best checkpoint on val
     mask = predictor.segment_file("scan.nii.gz")        # mona predict, as an array aligned with the scan
     mask = predictor.segment(volume, spacing=(1.5, 1.5, 5.0))   # a numpy volume (x, y, z)
+    quality = mona.load_quality_estimator(predictor, "runs/mt")  # mona predict --quality: fitted on val
+    row = quality.assess(predictor.segmentation(volume, spacing=(1.5, 1.5, 5.0)), "case").row  # expected Dice
+    mona.suggest("runs/mt", "next/", 4)                  # mona suggest runs/mt -o next --n 4
 
 Names are imported on first use, so `import mona` stays light.
 """
@@ -26,6 +29,8 @@ _EXPORTS = {
     "evaluate_run": "mona.engine.run",
     "load_predictor": "mona.evaluation.predict",
     "Predictor": "mona.evaluation.predict",
+    "load_quality_estimator": "mona.evaluation.quality",
+    "suggest": "mona.evaluation.suggest",
     "MonaError": "mona.errors",
     "METHODS": "mona.methods",
 }

@@ -21,7 +21,7 @@ with masks) how that maps to Dice. Its parts, each per case:
 `QualityModel` maps the parts to expected Dice: among the fixed `FORMS` (the raw agreement, a line on
 one part, ridge fits on groups of parts) it keeps the one with the lowest leave-one-out mean absolute
 error over the val volumes, refits it on all of them and clips to [0, 1]; with fewer than `MIN_FIT`
-val volumes it keeps the raw agreement. Fit, anatomy and the val parts are cached in
+val volumes it keeps the raw agreement scaled to fit them (one factor). Fit, anatomy and the val parts are cached in
 RUN/quality_model.json, keyed by the checkpoint and the prediction settings. The per-voxel uncertainty
 is the share of the perturbed predictions whose label differs from the mask.
 """
@@ -54,15 +54,17 @@ from mona.models.unet import UNet
 
 VERSION = 1
 MC_SAMPLES = 4
-MIN_FIT = 6  # fewer val volumes than this: no fit, the raw agreement
+MIN_FIT = 6  # fewer val volumes than this: no choice of form, the scaled agreement
 RIDGE = 1.0  # ridge penalty on standardised parts (n = 20 val volumes: a light shrinkage)
 EXPECTED = 0.9  # a class present in at least this share of the training volumes is expected in a mask
 PERTURBATIONS = ("tta", "mc", "teacher")
 PLAUSIBILITY = ("missing", "fragments", "share", "contacts")
 PARTS = ("agreement", *PERTURBATIONS, *PLAUSIBILITY, "confidence", "entropy")
-# Candidate forms, simplest first (ties keep the simpler): None is the raw agreement times (1 - missing)
+# Candidate forms, simplest first (ties keep the simpler). None: the raw agreement times (1 - missing),
+# as it is or scaled by the least-squares factor through the origin on val
 FORMS: dict[str, tuple[str, ...] | None] = {
     "raw agreement": None,
+    "scaled agreement": None,
     "line on agreement": ("agreement",),
     "line on confidence": ("confidence",),
     "agreement + plausibility": ("agreement", *PLAUSIBILITY),
@@ -244,7 +246,7 @@ class QualityModel:
 
     def predict(self, parts: dict[str, float]) -> float:
         if not self.features:
-            return float(np.clip(_raw(parts), 0.0, 1.0))
+            return float(np.clip(_raw(parts) * (self.coef[0] if self.coef else 1.0), 0.0, 1.0))
         x = np.array([parts[name] for name in self.features])
         value = self.intercept + float(((x - np.array(self.mean)) / np.array(self.scale)) @ np.array(self.coef))
         return float(np.clip(value, 0.0, 1.0))
@@ -253,18 +255,22 @@ class QualityModel:
     def fit_form(cls, form: str, features: Sequence[str], rows: Sequence[dict[str, float]],
                  dice: Sequence[float]) -> QualityModel:
         if not features:
-            return cls(form)
+            raw = np.array([_raw(row) for row in rows])
+            scale = float(raw @ np.asarray(dice) / (raw @ raw)) if form == "scaled agreement" and raw @ raw else 1.0
+            return cls(form, coef=(scale,) if form == "scaled agreement" else ())
         x = np.array([[row[name] for name in features] for row in rows])
         mean, scale, coef, intercept = _ridge(x, np.asarray(dice, dtype=np.float64))
         return cls(form, tuple(features), tuple(mean.tolist()), tuple(scale.tolist()), tuple(coef.tolist()), intercept)
 
     @classmethod
     def fit(cls, rows: Sequence[dict[str, float]], dice: Sequence[float]) -> QualityModel:
-        """The form with the lowest leave-one-out MAE on (`rows`, `dice`), refitted on all of them."""
+        """The form with the lowest leave-one-out MAE on (`rows`, `dice`), refitted on all of them; with
+        fewer than `MIN_FIT` rows, the scaled agreement (none without rows)."""
+        rows, dice = list(rows), list(dice)
         candidates = {name: tuple(f for f in (features or ()) if f in rows[0]) for name, features in FORMS.items()}
         candidates = {name: f for name, f in candidates.items() if f or FORMS[name] is None}
         if len(rows) < MIN_FIT:
-            return cls(forms={})
+            return cls.fit_form("scaled agreement", (), rows, dice) if rows else cls(forms={})
         scores = {}
         for name, features in candidates.items():
             held_out = [cls.fit_form(name, features, rows[:i] + rows[i + 1:], dice[:i] + dice[i + 1:]).predict(rows[i])
@@ -402,8 +408,8 @@ def describe(estimator: QualityEstimator) -> str:
     model, count = estimator.model, len(estimator.val)
     teacher = "with" if estimator.teacher is not None else "no"
     if not model.forms:
-        return (f"quality estimate: raw agreement ({teacher} teacher; {count} val volumes, fewer than {MIN_FIT} to "
-                "fit a calibration)")
+        return (f"quality estimate: {model.form} ({teacher} teacher; {count} val volumes, fewer than {MIN_FIT} to "
+                "choose a form on)")
     score = model.forms[model.form]
     return (f"quality estimate: {model.form} ({teacher} teacher), chosen on {count} val volumes: leave-one-out "
             f"MAE {score['loo_mae']:.3f}, Spearman {score['loo_spearman']:.2f}")
