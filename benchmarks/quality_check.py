@@ -10,8 +10,9 @@ mean Dice over classes set against the estimate: Spearman, mean absolute error, 
 k cases ranked worst (k = 10, or half a smaller split) are among the k truly worst. Beside it, the
 issue's baselines, each with a line fitted on val for its MAE: the mean max-probability over the
 predicted foreground, the whole-volume mean entropy (as 1 - entropy, so higher is better for all),
-and the val mean Dice as a constant. The val evidence for the chosen form (each candidate's
-leave-one-out MAE and Spearman over the val volumes) is printed first.
+and the val mean Dice as a constant. The val evidence for the chosen form is printed first: each
+candidate's leave-one-out MAE and Spearman over the val volumes, and the nested leave-one-out
+figures of the whole procedure (each val volume estimated by the form chosen and fitted on the others).
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def worst_overlap(estimate, truth, k: int) -> int:
 def figures(estimate, truth, k: int) -> tuple[float, float, int]:
     estimate, truth = np.asarray(estimate), np.asarray(truth)
     return spearman(estimate, truth), float(np.abs(estimate - truth).mean()), worst_overlap(estimate, truth, k)
+
+
+def nested_loo(rows: list[dict], dice: list[float]) -> list[float]:
+    """Each val case's estimate from the whole procedure (the choice of form included) run on the others:
+    an honest val figure for the chosen estimate, whose own leave-one-out error is the lowest of several."""
+    return [QualityModel.fit(rows[:i] + rows[i + 1:], dice[:i] + dice[i + 1:]).predict(rows[i])
+            for i in range(len(rows))]
 
 
 def split_rows(estimator, split: str, progress: bool) -> list[dict]:
@@ -79,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(estimator))
     for name, score in (model.forms or {}).items():
         print(f"  val leave-one-out  {name:30s} MAE {score['loo_mae']:.3f}  Spearman {score['loo_spearman']:+.2f}")
+    if model.forms:
+        val_dice = [row["dice"] for row in val]
+        nested = nested_loo([{k: v for k, v in row.items() if k not in ("case", "dice", "quality")} for row in val],
+                            val_dice)
+        rho, mae, overlap = figures(nested, val_dice, min(10, len(val) // 2))
+        print(f"  val nested leave-one-out (form chosen on the other {len(val) - 1}): MAE {mae:.3f}  Spearman "
+              f"{rho:+.2f}  worst-{min(10, len(val) // 2)} {overlap}")
     dice = [row["dice"] for row in rows]
     for row in rows:
         row["quality"] = model.predict(row)

@@ -368,7 +368,7 @@ def load_quality_estimator(predictor, run_dir: str | Path, progress: bool = Fals
     if cache.is_file() and not refit:
         try:
             saved = json.loads(cache.read_text())
-            if saved.get("key") == key:
+            if saved.get("key") == key and set(saved["model"]["features"]) <= set(PARTS):
                 model = saved["model"]
                 model = QualityModel(**{**model, **{name: tuple(model[name]) for name in ("features", "mean",
                                                                                           "scale", "coef")}})
