@@ -355,3 +355,21 @@ def test_slurm_array_tasks_side_by_side_train_one_run_each_and_the_last_writes_t
     assert main(["reproduce", "--data", str(data), "--out", str(out), "--cell", "2", "--seeds", "0,1",
                  "--methods", "supervised", "--labeled", "1", "--no-upper-bound", "--protocol", "demo"]) == 2
     assert "--cell 2 is not a run of this grid (0 to 1)" in capsys.readouterr().err
+
+
+def test_mona_is_on_the_left_of_its_comparisons_with_the_peers(tmp_path):
+    """A peer after MONA in METHODS (UniMatch) is compared as "MONA vs peer", gains in MONA's favour positive;
+    a peer against the baselines before it keeps the peer on the left."""
+    rows = {"supervised": 0.5, "mona": 0.8, "unimatch": 0.7}
+    runs = []
+    for variant, dice in rows.items():
+        for seed in (0, 1):
+            run_dir = tmp_path / f"{variant}_{seed}"
+            (run_dir / "eval_test_best").mkdir(parents=True)
+            lines = [f"case{c},{k},{dice + 0.01 * c}" for c in range(6) for k in (1, 2, 3)]
+            (run_dir / "eval_test_best" / "cases.csv").write_text("case,class,dice\n" + "\n".join(lines) + "\n")
+            runs.append({"variant": variant, "labeled": "3", "seed": seed, "dir": run_dir})
+    table = report_module.paired_table(runs)
+    pairs = {(row[1], row[2]): row[5] for row in table.rows}
+    assert pairs == {("mona", "supervised"): "+30.0", ("unimatch", "supervised"): "+20.0",
+                     ("mona", "unimatch"): "+10.0"}

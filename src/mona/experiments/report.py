@@ -211,7 +211,9 @@ def tables(runs: list[dict], acdc: bool) -> list[Table]:
     unit = first["unit"]
     overall = Table("Test metrics, mean over classes (mean ± std over seeds)",
                     ["method", "labeled", "checkpoint", "seeds", "Dice %", "paper Dice %", "Jaccard %",
-                     f"HD95 ({unit})", f"ASD ({unit})", *(f"Dice {n} %" for n in names)], [])
+                     f"HD95 ({unit})", f"ASD ({unit})", *(f"Dice {n} %" for n in names), "training min a run"], [],
+                    note="Training minutes a run (the steps of every stage, without validation) on the run's own "
+                         "machine: runs that trained on different CPUs or precisions (hardware.txt) do not compare.")
     per_class = Table("Test metrics per class (mean ± std over seeds)",
                       ["method", "labeled", "checkpoint", "class", "Dice %", "Jaccard %", f"HD95 ({unit})",
                        f"ASD ({unit})"], [])
@@ -224,8 +226,9 @@ def tables(runs: list[dict], acdc: bool) -> list[Table]:
             class_dice = [cell([s["classes"][k]["dice"]["mean"] for s in summaries], 100.0, 1)
                           for k in range(len(names))]
             means = metric_cells(summaries, lambda s: s["mean"])
+            minutes = cell([r["train_seconds"] / 60 for r in members if checkpoint in r["summaries"]], 1.0, 0)
             overall.rows.append([variant, labeled, label, str(len(summaries)), means[0],
-                                 str(paper) if paper is not None else "-", *means[1:], *class_dice])
+                                 str(paper) if paper is not None else "-", *means[1:], *class_dice, minutes])
             for k, name in enumerate(names):
                 cells = metric_cells(summaries, lambda s, k=k: {m: s["classes"][k][m]["mean"] for m in METRICS})
                 per_class.rows.append([variant, labeled, label, name, *cells])
@@ -279,13 +282,15 @@ def paired_comparison(runs: list[dict], variant: str, reference: str, labeled: s
 
 
 def paired_table(runs: list[dict]) -> Table | None:
-    """Each variant against each of `METHODS` before it in table order, at every budget both ran."""
+    """Each variant against each of `METHODS` before it in table order, at every budget both ran; MONA
+    always on the left, so that its rows against the peers after it (UniMatch, BCP, ABD) read as MONA's gain."""
     keys = list(groups(runs))
     rows = []
-    for variant, labeled in keys:
-        for reference in METHODS:
-            if (reference, labeled) not in keys or variant_key(reference) >= variant_key(variant):
+    for method, labeled in keys:
+        for earlier in METHODS:
+            if (earlier, labeled) not in keys or variant_key(earlier) >= variant_key(method):
                 continue
+            variant, reference = (earlier, method) if earlier == "mona" else (method, earlier)
             result = paired_comparison(runs, variant, reference, labeled)
             if result is None:
                 continue
