@@ -150,3 +150,17 @@ def test_evaluate_reads_masks_in_their_own_values(binary_masks, capsys):
         "0/255) are read with --label-values 0 255")
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--label-values", "0", "255"]) == 0
     assert "mean (std) over 6 cases" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["unimatch", "bcp", "abd"])
+def test_the_peers_train_on_a_dataset_prepared_from_the_users_scans(walkthrough, tmp_path, method):
+    """`mona train --method unimatch|bcp|abd` on the walkthrough's prepared scans, then predict with the run."""
+    run = tmp_path / method
+    stage_one = [f"{method}.pretrain_iterations=2"] if method != "unimatch" else []
+    assert main(["train", "--data", str(walkthrough / "prepared"), "--method", method, "--out", str(run), *TINY,
+                 *stage_one]) == 0
+    stages = [stage["name"] for stage in json.loads((run / "stages.json").read_text())]
+    assert stages == ([""] if method == "unimatch" else ["pretrain", "selftrain"])
+    assert main(["predict", "-m", str(run), "-i", str(walkthrough / "mydata" / "scans"), "-o", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    assert len(list((tmp_path / "out").glob("*.nii.gz"))) == len(list((walkthrough / "mydata" / "scans").iterdir()))
