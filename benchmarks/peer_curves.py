@@ -11,8 +11,9 @@ iterations, compared with mona's validation nearest to it). RUN is `mona train`'
 same method, budget and seed (its stages' metrics.jsonl). Both validate on the 20 val volumes with
 the mean foreground Dice per volume (the peers on nearest- or bilinear-resized slices, mona on
 bilinear-resized ones).
-Prints each stage's table, then per stage the best val Dice and the mean over the last third of
-the stage, each side by side with their difference.
+Prints each stage's table, then per stage the mean difference at the iterations both validated, and
+the best val Dice and the mean over the last third of the stage side by side (these compare only
+once both runs have finished).
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ def main() -> None:
                   f"{100 * (mine[nearest] - theirs[iteration]):+6.1f}" + (f" (mona at {nearest})"
                                                                         if nearest != iteration else ""))
         row = {"stage": name, "peer": theirs, "mona": mine}
+        common = sorted(set(mine) & set(theirs))
+        if common:
+            gaps = [mine[i] - theirs[i] for i in common]
+            print(f"{name}: at the {len(common)} common iterations (to {common[-1]}) mona - peer "
+                  f"{100 * np.mean(gaps):+.1f} on average, {sum(g > 0 for g in gaps)} of {len(gaps)} above")
         if mine and theirs:
             (peer_best, peer_late), (our_best, our_late) = summary(theirs), summary(mine)
             print(f"{name}: best {100 * peer_best:.1f} | {100 * our_best:.1f} ({100 * (our_best - peer_best):+.1f}); "
