@@ -1,6 +1,6 @@
 """Our BCP student scored on val two ways: mona's (bilinear in and out) and BCP's val_2d (nearest zoom in and out).
 
-  python docs/results/2026-12-07-peer-check/nearest_val.py runs/grid-cpu-small-6000/runs/bcp_l3_s0/selftrain
+  python docs/results/2026-12-07-peer-check/nearest_val.py runs/grid-cpu-small-6000/runs/bcp_l3_s0/selftrain [best|last]
 """
 
 import sys
@@ -14,7 +14,7 @@ from mona.engine.run import load_run_model
 from mona.evaluation.inference import dice_per_class, predict_volume
 
 run = sys.argv[1]
-model, state = load_run_model(run, "best")
+model, state = load_run_model(run, sys.argv[2] if len(sys.argv) > 2 else "best")
 model.eval()
 info = dataset_info("../shared/data/ACDC", 4)
 ours, theirs = [], []
@@ -31,5 +31,5 @@ for volume in load_volumes(info, "val"):
     theirs.append([2 * ((prediction == c) & (volume.label == c)).sum()
                    / ((prediction == c).sum() + (volume.label == c).sum()) if (prediction == c).any() else 0.0
                    for c in (1, 2, 3)])  # medpy's dc, 0 for an empty prediction, as val_2d scores
-print(f"best at iteration {state['iteration']}: mona's val {100 * np.mean(ours):.1f}, "
+print(f"checkpoint at iteration {state['iteration']}: mona's val {100 * np.mean(ours):.1f}, "
       f"BCP's val_2d way {100 * np.mean(theirs):.1f}")
