@@ -26,7 +26,7 @@ from mona.engine.environment import cpu_name
 from mona.engine.schedule import ema_update
 from mona.engine.trainer import resolve_amp, resolve_device
 from mona.evaluation.inference import autocast
-from mona.methods import method_stages
+from mona.methods import METHODS, method_stages
 
 PAPER_BATCHES = {"supervised": (12, 12), "mean_teacher": (12, 12), "mona_pretrain": (3, 3), "mona_finetune": (4, 4),
                  "unimatch": (12, 12), "bcp_pretrain": (12, 12), "bcp_selftrain": (12, 12), "abd_pretrain": (12, 12),
@@ -37,7 +37,7 @@ def make_method(name: str, num_classes: int, size: int, representation_stride: i
     """A one-stage method by name (`supervised`, `mean_teacher`, `unimatch`) or one stage of a two-stage one
     (`mona_pretrain`, `mona_finetune`, `bcp_selftrain`, ...), as a run at `size` pixels builds it, and the
     number of unlabeled images its stage draws per unlabeled image of the batch (UniMatch: 2)."""
-    method, _, stage_name = name.partition("_") if name.split("_")[0] in ("mona", "bcp", "abd") else (name, "", "")
+    method, stage_name = (name, "") if name in METHODS else name.split("_", 1)
     config = Config(method=method)
     config.data.image_size = size
     config.mona.representation_stride = representation_stride

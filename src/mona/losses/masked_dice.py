@@ -54,14 +54,15 @@ class MaskedDiceLoss(nn.Module):
         with torch.autocast(device_type=probs.device.type, enabled=False):
             probs = probs.float()
             onehot = F.one_hot(target.long(), probs.shape[1]).permute(0, 3, 1, 2).float()
+            dims = (0, 2, 3)
             if mask is None:
-                weight = torch.ones_like(probs)
+                intersection = (probs * onehot).sum(dims)
+                denominator = (probs * probs).sum(dims) + onehot.sum(dims)
             else:
                 weight = mask.float().unsqueeze(1).expand_as(probs)
                 if self.background_unmasked:
                     weight = torch.cat([torch.ones_like(weight[:, :1]), weight[:, 1:]], dim=1)
-            dims = (0, 2, 3)
-            intersection = (probs * onehot * weight).sum(dims)
-            denominator = (probs * probs * weight).sum(dims) + (onehot * weight).sum(dims)
+                intersection = (probs * onehot * weight).sum(dims)
+                denominator = (probs * probs * weight).sum(dims) + (onehot * weight).sum(dims)
             dice = (2 * intersection + self.smooth) / (denominator + self.smooth)
             return (1 - dice).mean()

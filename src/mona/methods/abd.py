@@ -30,9 +30,9 @@ from mona.config import ABDConfig, Config
 from mona.losses.copy_paste import CopyPasteLoss
 from mona.losses.masked_dice import MaskedDiceLoss
 from mona.methods.base import Method, Stage
-from mona.methods.bcp import copy_paste_stages, halves, largest_component_labels
+from mona.methods.bcp import bidirectional_copy_paste, copy_paste_stages, teacher_pseudo_labels
 from mona.models.unet import UNet
-from mona.randomness import host_to_device
+from mona.randomness import device_generator, host_to_device
 
 
 def abd_strong_view(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
@@ -43,7 +43,8 @@ def abd_strong_view(images: torch.Tensor, labels: torch.Tensor, generator: torch
     and contrast factors U(1 - jitter, 1 + jitter) in random order."""
     box = random_boxes(images.shape[0], tuple(images.shape[-2:]), generator, p=cutout_probability,
                        redraw_area=True, device=images.device)
-    noise = host_to_device(torch.randint(0, 2, images.shape, generator=generator), images.device).to(images.dtype)
+    noise = torch.randint(0, 2, images.shape, generator=device_generator(generator, images.device),
+                          device=images.device).to(images.dtype)
     cut = paste(images, noise, box)
     return color_jitter(cut, generator, p=1.0, low=1 - jitter, high=1 + jitter, random_order=True), \
         torch.where(box, torch.zeros_like(labels), labels)
@@ -68,22 +69,6 @@ class ABDSelfTrain(Method):
         super().start_from(student, load)
         load(self.model_2, student)
 
-    def _pseudo_labels(self, images_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            return tuple(largest_component_labels(self.teacher(half).logits) for half in halves(images_u))
-
-    def _bcp_loss(self, model, image_a, image_b, unlabeled_a, unlabeled_b, label_a, label_b, pseudo_a, pseudo_b,
-                  box) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One student on BCP's two mixed images: its logits (2 sub-batches, concatenated), BCP's
-        (Dice + CE) / 2 and the mixed inputs."""
-        inputs = torch.cat([paste(unlabeled_a, image_a, box), paste(image_b, unlabeled_b, box)])
-        in_unlabeled, in_labeled = halves(inputs)
-        logits_unlabeled, logits_labeled = model(in_unlabeled).logits, model(in_labeled).logits
-        weight = self.config.unlabeled_weight
-        dice_u, ce_u = self.mix_loss(logits_unlabeled, pseudo_a, label_a, box, outside_weight=weight)
-        dice_l, ce_l = self.mix_loss(logits_labeled, label_b, pseudo_b, box, inside_weight=weight)
-        return torch.cat([logits_unlabeled, logits_labeled]), (dice_u + dice_l + ce_u + ce_l) / 2, inputs
-
     def training_step(self, labeled, unlabeled, progress, generator):
         cfg = self.config
         images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
@@ -94,10 +79,14 @@ class ABDSelfTrain(Method):
         strong_l, strong_u, strong_labels_l = strong[:n_labeled], strong[n_labeled:], strong_labels[:n_labeled]
         box = copy_paste_box(tuple(images_l.shape[-2:]), generator, cfg.box_fraction, images_l.device)
 
-        logits_1, bcp_1, inputs_1 = self._bcp_loss(self.model, *halves(images_l), *halves(images_u),
-                                                   *halves(labels_l), *self._pseudo_labels(images_u), box)
-        logits_2, bcp_2, inputs_2 = self._bcp_loss(self.model_2, *halves(strong_l), *halves(strong_u),
-                                                   *halves(strong_labels_l), *self._pseudo_labels(strong_u), box)
+        weight = cfg.unlabeled_weight
+        inputs_1, logits_1, dice_1, ce_1 = bidirectional_copy_paste(
+            self.model, self.mix_loss, images_l, labels_l, images_u, teacher_pseudo_labels(self.teacher, images_u),
+            box, weight)
+        inputs_2, logits_2, dice_2, ce_2 = bidirectional_copy_paste(
+            self.model_2, self.mix_loss, strong_l, strong_labels_l, strong_u,
+            teacher_pseudo_labels(self.teacher, strong_u), box, weight)
+        bcp_1, bcp_2 = (dice_1 + ce_1) / 2, (dice_2 + ce_2) / 2
         probs_1, probs_2 = torch.softmax(logits_1.float(), dim=1), torch.softmax(logits_2.float(), dim=1)
         confidence_1, pseudo_1 = probs_1.detach().max(dim=1)
         confidence_2, pseudo_2 = probs_2.detach().max(dim=1)

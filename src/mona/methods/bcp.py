@@ -73,6 +73,33 @@ class BCPPretrain(Method):
         return {"loss": (dice + ce) / 2, "dice": dice.detach(), "ce": ce.detach()}
 
 
+def teacher_pseudo_labels(teacher: torch.nn.Module, images_u: torch.Tensor,
+                          largest_component: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's pseudo-labels of the unlabeled halves a and b, one forward each (L362-L366)."""
+    with torch.no_grad():
+        return tuple(largest_component_labels(teacher(half).logits, largest_component) for half in halves(images_u))
+
+
+def bidirectional_copy_paste(model: torch.nn.Module, mix_loss: CopyPasteLoss, images_l: torch.Tensor,
+                             labels_l: torch.Tensor, images_u: torch.Tensor, pseudo: tuple[torch.Tensor, torch.Tensor],
+                             box: torch.Tensor, unlabeled_weight: float):
+    """BCP's two mixed images through `model` (L372-L377): a labeled crop pasted into unlabeled slice a,
+    an unlabeled crop pasted into labeled slice b, two forwards; each region scored against its truth
+    (weight 1) or its pseudo-label (`unlabeled_weight`). Returns the mixed inputs and their logits (a's
+    then b's) and the summed Dice and CE."""
+    (image_a, image_b), (label_a, label_b) = halves(images_l), halves(labels_l)
+    unlabeled_a, unlabeled_b = halves(images_u)
+    pseudo_a, pseudo_b = pseudo
+    in_unlabeled = paste(unlabeled_a, image_a, box)
+    in_labeled = paste(image_b, unlabeled_b, box)
+    logits_unlabeled = model(in_unlabeled).logits
+    logits_labeled = model(in_labeled).logits
+    dice_u, ce_u = mix_loss(logits_unlabeled, pseudo_a, label_a, box, outside_weight=unlabeled_weight)
+    dice_l, ce_l = mix_loss(logits_labeled, label_b, pseudo_b, box, inside_weight=unlabeled_weight)
+    return (torch.cat([in_unlabeled, in_labeled]), torch.cat([logits_unlabeled, logits_labeled]), dice_u + dice_l,
+            ce_u + ce_l)
+
+
 class BCPSelfTrain(Method):
     """Stage 2: EMA teacher pseudo-labels and bidirectional copy-paste between labeled and unlabeled slices."""
 
@@ -87,27 +114,12 @@ class BCPSelfTrain(Method):
                                                                             largest_component)
         self.mix_loss = CopyPasteLoss(background_unmasked)
 
-    def pseudo_labels(self, images_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's pseudo-labels of the unlabeled halves a and b, one forward each (L362-L366)."""
-        unlabeled_a, unlabeled_b = halves(images_u)
-        with torch.no_grad():
-            return tuple(largest_component_labels(self.teacher(half).logits, self.largest_component)
-                         for half in (unlabeled_a, unlabeled_b))
-
     def training_step(self, labeled, unlabeled, progress, generator):
         images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
-        (image_a, image_b), (label_a, label_b) = halves(images_l), halves(labels_l)
-        unlabeled_a, unlabeled_b = halves(images_u)
-        pseudo_a, pseudo_b = self.pseudo_labels(images_u)
+        pseudo = teacher_pseudo_labels(self.teacher, images_u, self.largest_component)
         box = copy_paste_box(tuple(images_l.shape[-2:]), generator, self.box_fraction, images_l.device)
-        in_unlabeled = paste(unlabeled_a, image_a, box)  # labeled crop pasted into an unlabeled slice
-        in_labeled = paste(image_b, unlabeled_b, box)  # unlabeled crop pasted into a labeled slice
-        logits_unlabeled = self.model(in_unlabeled).logits
-        logits_labeled = self.model(in_labeled).logits
-        weight = self.unlabeled_weight
-        dice_u, ce_u = self.mix_loss(logits_unlabeled, pseudo_a, label_a, box, outside_weight=weight)
-        dice_l, ce_l = self.mix_loss(logits_labeled, label_b, pseudo_b, box, inside_weight=weight)
-        dice, ce = dice_u + dice_l, ce_u + ce_l
+        _, _, dice, ce = bidirectional_copy_paste(self.model, self.mix_loss, images_l, labels_l, images_u, pseudo,
+                                                  box, self.unlabeled_weight)
         return {"loss": (dice + ce) / 2, "dice": dice.detach(), "ce": ce.detach()}
 
 
