@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from mona.augment.weak import resize_images
 from mona.cli.main import main
 from mona.evaluation import quality as quality_module
 from mona.evaluation.inference import dice_per_class, predict_volume
@@ -23,11 +24,13 @@ from mona.evaluation.quality import (
     PARTS,
     VIEWS,
     Anatomy,
+    Perturbed,
     QualityModel,
     _unview,
     _view,
     case_parts,
-    perturbed_labels,
+    dropout_on,
+    perturbed_predictions,
     write_rows,
 )
 from test_experiments_html import CHROMIUM, chromium
@@ -66,14 +69,26 @@ def test_views_of_a_pointwise_network_agree_and_dropout_samples_repeat():
     net, teacher = Pointwise(0, p=0.3).eval(), Pointwise(1).eval()
     base = predict_volume(net, image, 16, CPU).argmax(0).numpy()
     state = torch.random.get_rng_state()
-    found = perturbed_labels(net, image, 16, CPU, teacher=teacher, mc_samples=2, batch_size=2)
+    perturbed = perturbed_predictions(net, image, 16, CPU, teacher=teacher, mc_samples=2, batch_size=2)
+    found = perturbed.labels
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
     assert sorted(found) == ["mc", "teacher", "tta"] and [len(found[g]) for g in ("tta", "mc", "teacher")] == [7, 2, 1]
     assert all(labels.shape == image.shape and np.array_equal(labels, base) for labels in found["tta"])
     assert not np.array_equal(found["mc"][0], base) and not np.array_equal(found["mc"][0], found["mc"][1])
     assert not np.array_equal(found["teacher"][0], base)
-    again = perturbed_labels(net, image, 16, CPU, mc_samples=2, batch_size=2)
-    assert "teacher" not in again and all(np.array_equal(a, b) for a, b in zip(found["mc"], again["mc"]))
+    again = perturbed_predictions(net, image, 16, CPU, mc_samples=2, batch_size=2)
+    assert "teacher" not in again.labels and all(np.array_equal(a, b) for a, b in zip(found["mc"], again.labels["mc"]))
+    # the dropout samples' mean probabilities: per chunk of 2 slices, each sample's softmax resized back
+    torch.manual_seed(0)
+    chunks = []
+    with dropout_on(net):
+        for start in (0, 2):
+            chunk = resize_images(torch.from_numpy(image[start:start + 2])[:, None], (16, 16))
+            samples = [resize_images(torch.softmax(net(chunk).logits, 1), (20, 28)) for _ in range(2)]
+            chunks.append((samples[0] + samples[1]) / 2)
+    assert perturbed.mc_probabilities.shape == (3, *image.shape)
+    torch.testing.assert_close(perturbed.mc_probabilities.permute(1, 0, 2, 3), torch.cat(chunks))
+    assert perturbed_predictions(net, image, 16, CPU, mc_samples=0).mc_probabilities is None
     assert not net.dropout.training
 
 
@@ -106,9 +121,15 @@ def test_parts_are_dice_with_the_perturbed_masks_and_uncertainty_the_share_that_
     other[0] = 0
     probs = torch.full((4, *mask.shape), 0.1)
     probs.scatter_(0, torch.from_numpy(mask[None]).long(), 0.7)
-    parts, uncertainty = case_parts(mask, probs, {"tta": [mask, other], "mc": [mask, mask]},
+    mc = torch.full((4, *mask.shape), 0.5 / 3)  # the dropout samples' mean: less sure than the network
+    mc.scatter_(0, torch.from_numpy(mask[None]).long(), 0.5)
+    parts, uncertainty = case_parts(mask, probs, Perturbed({"tta": [mask, other], "mc": [mask, mask]}, mc),
                                     Anatomy.from_masks([mask], 4))
     assert list(parts) == [p for p in PARTS if p != "teacher"]
+    # the soft Dice of the mask against the dropout mean: 2 * 0.5 |c| / (|c| + 0.5 |c| + 0.5 / 3 (N - |c|)) per class
+    sizes, total = np.array([(mask == c).sum() for c in (1, 2, 3)]), mask.size
+    assert parts["expected"] == pytest.approx(np.mean(sizes / (1.5 * sizes + 0.5 / 3 * (total - sizes))))
+    assert parts["class_confidence"] == pytest.approx(0.7)
     assert parts["mc"] == 1 and parts["tta"] == pytest.approx((1 + dice_per_class(mask, other, 4).mean()) / 2)
     assert parts["agreement"] == pytest.approx((parts["tta"] + 1) / 2)
     assert parts["confidence"] == pytest.approx(0.7)
@@ -126,7 +147,10 @@ def test_the_form_with_the_lowest_leave_one_out_error_is_kept_and_the_estimate_c
     assert model.forms[model.form]["loo_mae"] == min(score["loo_mae"] for score in model.forms.values()) < 0.05
     assert "tta" in model.features and model.forms["line on confidence"]["loo_mae"] > 0.1
     assert model.predict({**rows[0], "tta": 10.0}) == 1.0 and model.predict({**rows[0], "tta": -10.0}) == 0.0
-    few = QualityModel.fit(rows[:5], dice[:5])  # too few to choose: the agreement, scaled by least squares
+    few = QualityModel.fit(rows[:5], dice[:5])  # too few to choose: the expected Dice as it is
+    assert few.form == "expected Dice" and few.predict({**rows[0], "expected": 0.42}) == 0.42
+    rows = [{part: value for part, value in row.items() if part != "expected"} for row in rows]
+    few = QualityModel.fit(rows[:5], dice[:5])  # without it (no dropout samples): the agreement, scaled
     raw = np.array([row["agreement"] * (1 - row["missing"]) for row in rows[:5]])
     assert few.form == "scaled agreement" and few.predict(rows[0]) == pytest.approx(
         min(1.0, raw[0] * (raw @ dice[:5]) / (raw @ raw)))

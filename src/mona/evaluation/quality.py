@@ -15,13 +15,19 @@ with masks) how that maps to Dice. Its parts, each per case:
   largest 3D connected component (`fragments`), how far each class's share of the foreground is from
   the training volumes' (log-ratio z-score, `share`), and which classes touch which (total variation
   distance of the in-plane class-contact distributions, `contacts`);
-- the issue's two baselines: the mean max-probability over the predicted foreground (`confidence`)
-  and the whole-volume mean entropy over log C (`entropy`).
+- the Dice the network itself expects (`expected`): per foreground class, the soft Dice between the
+  mask and the mean probabilities of the dropout samples (MC dropout's predictive distribution),
+  2 sum_{mask=c} p_c / (|mask = c| + sum p_c), averaged over classes: it weighs a boundary's
+  uncertainty against the size of its structure, as Dice does;
+- the mean over foreground classes of the mean max-probability inside each predicted class, 0 for a
+  class the mask lacks (`class_confidence`), and the issue's two baselines: the mean max-probability
+  over the predicted foreground (`confidence`) and the whole-volume mean entropy over log C (`entropy`).
 
-`QualityModel` maps the parts to expected Dice: among the fixed `FORMS` (the raw agreement, a line on
-one part, ridge fits on groups of parts) it keeps the one with the lowest leave-one-out mean absolute
-error over the val volumes, refits it on all of them and clips to [0, 1]; with fewer than `MIN_FIT`
-val volumes it keeps the raw agreement scaled to fit them (one factor). Fit, anatomy and the val parts are cached in
+`QualityModel` maps the parts to expected Dice: among the fixed `FORMS` (the expected Dice or the raw
+agreement as they are, a line on one part, ridge fits on groups of parts) it keeps the one with the
+lowest leave-one-out mean absolute error over the val volumes, refits it on all of them and clips to
+[0, 1]; with fewer than `MIN_FIT` val volumes it keeps the expected Dice as it is. Fit, anatomy and
+the val parts are cached in
 RUN/quality_model.json, keyed by the checkpoint and the prediction settings. The per-voxel uncertainty
 is the share of the perturbed predictions whose label differs from the mask.
 """
@@ -52,19 +58,23 @@ from mona.errors import MonaError
 from mona.evaluation.inference import autocast, dice_per_class
 from mona.models.unet import UNet
 
-VERSION = 1
+VERSION = 2
 MC_SAMPLES = 4
 MIN_FIT = 6  # fewer val volumes than this: no choice of form, the scaled agreement
 RIDGE = 1.0  # ridge penalty on standardised parts (n = 20 val volumes: a light shrinkage)
-EXPECTED = 0.9  # a class present in at least this share of the training volumes is expected in a mask
+PRESENT = 0.9  # a class present in at least this share of the training volumes is expected in a mask
 PERTURBATIONS = ("tta", "mc", "teacher")
 PLAUSIBILITY = ("missing", "fragments", "share", "contacts")
-PARTS = ("agreement", *PERTURBATIONS, *PLAUSIBILITY, "confidence", "entropy")
-# Candidate forms, simplest first (ties keep the simpler). None: the raw agreement times (1 - missing),
-# as it is or scaled by the least-squares factor through the origin on val
+PARTS = ("agreement", *PERTURBATIONS, *PLAUSIBILITY, "expected", "class_confidence", "confidence", "entropy")
+# Candidate forms, simplest first (ties keep the simpler). None: no fit, the expected Dice as it is, or the
+# raw agreement times (1 - missing), as it is or scaled by the least-squares factor through the origin on val
 FORMS: dict[str, tuple[str, ...] | None] = {
+    "expected Dice": None,
     "raw agreement": None,
     "scaled agreement": None,
+    "line on expected Dice": ("expected",),
+    "line on class confidence": ("class_confidence",),
+    "expected Dice + class confidence": ("expected", "class_confidence"),
     "line on agreement": ("agreement",),
     "line on confidence": ("confidence",),
     "agreement + plausibility": ("agreement", *PLAUSIBILITY),
@@ -99,33 +109,58 @@ def dropout_on(model: torch.nn.Module):
             module.eval()
 
 
+@dataclass
+class Perturbed:
+    """A volume's predictions under perturbation: argmax label maps (D, H, W) uint8 by group (`tta`: one
+    per `VIEWS`, `mc`: one per dropout sample, `teacher`: one, when there is a teacher) and the mean class
+    probabilities (C, D, H, W) of the dropout samples (None without samples)."""
+
+    labels: dict[str, list[np.ndarray]]
+    mc_probabilities: torch.Tensor | None
+
+
 @torch.no_grad()
-def perturbed_labels(model: torch.nn.Module, image: np.ndarray, image_size: int, device: torch.device, *,
-                     teacher: torch.nn.Module | None = None, mc_samples: int = MC_SAMPLES, batch_size: int = 32,
-                     amp: bool = False, seed: int = 0) -> dict[str, list[np.ndarray]]:
-    """Argmax label maps (D, H, W) uint8 of a (D, H, W) volume under each perturbation, by group:
-    `tta` (one per `VIEWS`), `mc` (`mc_samples` dropout samples, seeded by `seed`: the same for the same
-    `batch_size`), `teacher` (one, when given). Slices are resized as `predict_volume` does, probabilities
-    resized back."""
+def perturbed_predictions(model: torch.nn.Module, image: np.ndarray, image_size: int, device: torch.device, *,
+                          teacher: torch.nn.Module | None = None, mc_samples: int = MC_SAMPLES,
+                          batch_size: int = 32, amp: bool = False, seed: int = 0) -> Perturbed:
+    """The predictions of a (D, H, W) volume under each perturbation (`Perturbed`); the dropout samples
+    are seeded by `seed` (the same for the same `batch_size`). Slices are resized as `predict_volume`
+    does, probabilities resized back."""
     passes = [("tta", model, view) for view in VIEWS] + [("mc", model, None)] * mc_samples
     passes += [("teacher", teacher, None)] if teacher is not None else []
     slices = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[:, None]
     original = tuple(slices.shape[-2:])
     chunks: list[list[torch.Tensor]] = [[] for _ in passes]
+    mc_chunks: list[torch.Tensor] = []
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # MC samples repeat, the caller's random state stays
         torch.manual_seed(seed)
         for start in range(0, slices.shape[0], batch_size):
             chunk = resize_images(slices[start:start + batch_size].to(device), (image_size, image_size))
+            mc_sum = 0
             for index, (group, network, view) in enumerate(passes):
                 with dropout_on(network) if group == "mc" else nullcontext(), autocast(device, amp):
                     logits = network(_view(chunk, *view) if view else chunk).logits.float()
-                probs = torch.softmax(_unview(logits, *view) if view else logits, dim=1)
-                chunks[index].append(resize_images(probs, original).argmax(1).to(torch.uint8).cpu())
-    found: dict[str, list[np.ndarray]] = {}
+                probs = resize_images(torch.softmax(_unview(logits, *view) if view else logits, dim=1), original)
+                chunks[index].append(probs.argmax(1).to(torch.uint8).cpu())
+                if group == "mc":
+                    mc_sum = mc_sum + probs
+            if mc_samples:
+                mc_chunks.append((mc_sum / mc_samples).cpu())
+    labels: dict[str, list[np.ndarray]] = {}
     for (group, _, _), parts in zip(passes, chunks):
-        found.setdefault(group, []).append(torch.cat(parts).numpy())
-    return found
+        labels.setdefault(group, []).append(torch.cat(parts).numpy())
+    return Perturbed(labels, torch.cat(mc_chunks).permute(1, 0, 2, 3) if mc_chunks else None)
+
+
+def soft_dice(mask: np.ndarray, probabilities: torch.Tensor) -> float:
+    """Mean over foreground classes of 2 sum_{mask=c} p_c / (|mask = c| + sum p_c) (1 where both are empty)."""
+    scores = []
+    for c in range(1, probabilities.shape[0]):
+        inside = torch.from_numpy(mask == c)
+        denominator = float(inside.sum()) + float(probabilities[c].sum())
+        scores.append(1.0 if denominator == 0 else 2.0 * float(probabilities[c][inside].sum()) / denominator)
+    return float(np.mean(scores))
 
 
 def _contacts(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -172,7 +207,7 @@ class Anatomy:
         """`missing`, `fragments`, `share` and `contacts` of a (D, H, W) label volume, each in [0, 1]
         (0: as plausible as the training masks; module docstring)."""
         counts = np.bincount(labels.ravel(), minlength=self.num_classes)[1:self.num_classes]
-        expected = np.asarray(self.presence) >= EXPECTED
+        expected = np.asarray(self.presence) >= PRESENT
         missing = float((expected & (counts == 0)).sum() / expected.sum()) if expected.any() else 0.0
         present = np.flatnonzero(counts)
         if not len(present):
@@ -190,22 +225,26 @@ class Anatomy:
                 "share": float(np.mean(np.minimum(z, 5.0)) / 5.0), "contacts": float(distance)}
 
 
-def case_parts(mask: np.ndarray, probabilities: torch.Tensor, perturbed: dict[str, list[np.ndarray]],
+def case_parts(mask: np.ndarray, probabilities: torch.Tensor, perturbed: Perturbed,
                anatomy: Anatomy) -> tuple[dict[str, float], np.ndarray]:
     """The parts of a case (module docstring) and its per-voxel uncertainty (D, H, W) float32: the share
     of perturbed predictions whose label differs from the (D, H, W) `mask`. `probabilities` (C, D, H, W)
     are the network's, from which the mask was taken."""
     num_classes = probabilities.shape[0]
     parts: dict[str, float] = {}
-    for group, labels in perturbed.items():
+    for group, labels in perturbed.labels.items():
         parts[group] = float(np.mean([dice_per_class(mask, other, num_classes).mean() for other in labels]))
-    parts["agreement"] = float(np.mean([parts[group] for group in perturbed]))
+    parts["agreement"] = float(np.mean([parts[group] for group in perturbed.labels]))
     parts.update(anatomy.plausibility(mask))
+    if perturbed.mc_probabilities is not None:
+        parts["expected"] = soft_dice(mask, perturbed.mc_probabilities)
     top = probabilities.max(0).values.numpy()
+    parts["class_confidence"] = float(np.mean([top[mask == c].mean() if (mask == c).any() else 0.0
+                                               for c in range(1, num_classes)]))
     parts["confidence"] = float(top[mask > 0].mean()) if (mask > 0).any() else 0.0
     entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum(0).mean()
     parts["entropy"] = float(entropy / np.log(num_classes))
-    others = [labels for group in perturbed.values() for labels in group]
+    others = [labels for group in perturbed.labels.values() for labels in group]
     uncertainty = np.mean([other != mask for other in others], axis=0, dtype=np.float32)
     return {name: parts[name] for name in PARTS if name in parts}, uncertainty
 
@@ -245,6 +284,8 @@ class QualityModel:
     forms: dict | None = None
 
     def predict(self, parts: dict[str, float]) -> float:
+        if self.form == "expected Dice":
+            return float(np.clip(parts["expected"], 0.0, 1.0))
         if not self.features:
             return float(np.clip(_raw(parts) * (self.coef[0] if self.coef else 1.0), 0.0, 1.0))
         x = np.array([parts[name] for name in self.features])
@@ -265,11 +306,14 @@ class QualityModel:
     @classmethod
     def fit(cls, rows: Sequence[dict[str, float]], dice: Sequence[float]) -> QualityModel:
         """The form with the lowest leave-one-out MAE on (`rows`, `dice`), refitted on all of them; with
-        fewer than `MIN_FIT` rows, the scaled agreement (none without rows)."""
+        fewer than `MIN_FIT` rows, the expected Dice as it is (the scaled agreement where rows lack it)."""
         rows, dice = list(rows), list(dice)
         candidates = {name: tuple(f for f in (features or ()) if f in rows[0]) for name, features in FORMS.items()}
-        candidates = {name: f for name, f in candidates.items() if f or FORMS[name] is None}
+        candidates = {name: f for name, f in candidates.items()
+                      if f or (FORMS[name] is None and (name != "expected Dice" or "expected" in rows[0]))}
         if len(rows) < MIN_FIT:
+            if rows and "expected" in rows[0]:
+                return cls("expected Dice", forms={})
             return cls.fit_form("scaled agreement", (), rows, dice) if rows else cls(forms={})
         scores = {}
         for name, features in candidates.items():
@@ -308,8 +352,8 @@ class QualityEstimator:
     def parts(self, found) -> tuple[dict[str, float], np.ndarray]:
         """`case_parts` of a `mona.evaluation.predict.Segmentation` of this predictor."""
         p = self.predictor
-        perturbed = perturbed_labels(p.model, found.image, p.image_size, p.device, teacher=self.teacher,
-                                     batch_size=p.batch_size, amp=p.amp)
+        perturbed = perturbed_predictions(p.model, found.image, p.image_size, p.device, teacher=self.teacher,
+                                          batch_size=p.batch_size, amp=p.amp)
         return case_parts(found.labels, found.probabilities, perturbed, self.anatomy)
 
     def assess(self, found, case: str) -> Assessment:
