@@ -27,9 +27,9 @@ with masks) how that maps to Dice. Its parts, each per case:
 agreement as they are, a line on one part, ridge fits on groups of parts) it keeps the one with the
 lowest leave-one-out mean absolute error over the val volumes, refits it on all of them and clips to
 [0, 1]; with fewer than `MIN_FIT` val volumes it keeps the expected Dice as it is. Fit, anatomy and
-the val parts are cached in
-RUN/quality_model.json, keyed by the checkpoint and the prediction settings. The per-voxel uncertainty
-is the share of the perturbed predictions whose label differs from the mask.
+the val parts are cached in RUN/quality_model.json, keyed by the checkpoint and the prediction
+settings. The per-voxel uncertainty is the share of the perturbed predictions whose label differs
+from the mask.
 """
 
 from __future__ import annotations
