@@ -60,18 +60,20 @@ from mona.models.unet import UNet
 
 VERSION = 2
 MC_SAMPLES = 4
-MIN_FIT = 6  # fewer val volumes than this: no choice of form, the scaled agreement
+MIN_FIT = 6  # fewer val volumes than this: no choice of form, the expected Dice (else the scaled agreement)
 RIDGE = 1.0  # ridge penalty on standardised parts (n = 20 val volumes: a light shrinkage)
 PRESENT = 0.9  # a class present in at least this share of the training volumes is expected in a mask
 PERTURBATIONS = ("tta", "mc", "teacher")
 PLAUSIBILITY = ("missing", "fragments", "share", "contacts")
 PARTS = ("agreement", *PERTURBATIONS, *PLAUSIBILITY, "expected", "class_confidence", "confidence", "entropy")
-# Candidate forms, simplest first (ties keep the simpler). None: no fit, the expected Dice as it is, or the
-# raw agreement times (1 - missing), as it is or scaled by the least-squares factor through the origin on val
-FORMS: dict[str, tuple[str, ...] | None] = {
-    "expected Dice": None,
-    "raw agreement": None,
-    "scaled agreement": None,
+# Candidate forms and the parts they read, simplest first (ties keep the simpler). The `UNFITTED` are
+# used as they are: the expected Dice, or the agreement times (1 - missing), as it is or scaled by the
+# least-squares factor through the origin on val; the others are ridge fits on their parts.
+UNFITTED = ("expected Dice", "raw agreement", "scaled agreement")
+FORMS: dict[str, tuple[str, ...]] = {
+    "expected Dice": ("expected",),
+    "raw agreement": ("agreement", "missing"),
+    "scaled agreement": ("agreement", "missing"),
     "line on expected Dice": ("expected",),
     "line on class confidence": ("class_confidence",),
     "expected Dice + class confidence": ("expected", "class_confidence"),
@@ -249,8 +251,9 @@ def case_parts(mask: np.ndarray, probabilities: torch.Tensor, perturbed: Perturb
     return {name: parts[name] for name in PARTS if name in parts}, uncertainty
 
 
-def _raw(parts: dict[str, float]) -> float:
-    return parts["agreement"] * (1.0 - parts["missing"])
+def _unfitted(form: str, parts: dict[str, float]) -> float:
+    """An `UNFITTED` form's value before any scaling."""
+    return parts["expected"] if form == "expected Dice" else parts["agreement"] * (1.0 - parts["missing"])
 
 
 def _ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -284,10 +287,8 @@ class QualityModel:
     forms: dict | None = None
 
     def predict(self, parts: dict[str, float]) -> float:
-        if self.form == "expected Dice":
-            return float(np.clip(parts["expected"], 0.0, 1.0))
         if not self.features:
-            return float(np.clip(_raw(parts) * (self.coef[0] if self.coef else 1.0), 0.0, 1.0))
+            return float(np.clip(_unfitted(self.form, parts) * (self.coef[0] if self.coef else 1.0), 0.0, 1.0))
         x = np.array([parts[name] for name in self.features])
         value = self.intercept + float(((x - np.array(self.mean)) / np.array(self.scale)) @ np.array(self.coef))
         return float(np.clip(value, 0.0, 1.0))
@@ -295,8 +296,8 @@ class QualityModel:
     @classmethod
     def fit_form(cls, form: str, features: Sequence[str], rows: Sequence[dict[str, float]],
                  dice: Sequence[float]) -> QualityModel:
-        if not features:
-            raw = np.array([_raw(row) for row in rows])
+        if form in UNFITTED:
+            raw = np.array([_unfitted(form, row) for row in rows])
             scale = float(raw @ np.asarray(dice) / (raw @ raw)) if form == "scaled agreement" and raw @ raw else 1.0
             return cls(form, coef=(scale,) if form == "scaled agreement" else ())
         x = np.array([[row[name] for name in features] for row in rows])
@@ -308,13 +309,16 @@ class QualityModel:
         """The form with the lowest leave-one-out MAE on (`rows`, `dice`), refitted on all of them; with
         fewer than `MIN_FIT` rows, the expected Dice as it is (the scaled agreement where rows lack it)."""
         rows, dice = list(rows), list(dice)
-        candidates = {name: tuple(f for f in (features or ()) if f in rows[0]) for name, features in FORMS.items()}
-        candidates = {name: f for name, f in candidates.items()
-                      if f or (FORMS[name] is None and (name != "expected Dice" or "expected" in rows[0]))}
+        if not rows:
+            return cls(forms={})
+        # a fit uses the parts the rows have (no teacher: none); an unfitted form needs all of its own
+        candidates = {name: tuple(f for f in features if f in rows[0]) for name, features in FORMS.items()}
+        candidates = {name: f for name, f in candidates.items() if f == FORMS[name] or (f and name not in UNFITTED)}
         if len(rows) < MIN_FIT:
-            if rows and "expected" in rows[0]:
-                return cls("expected Dice", forms={})
-            return cls.fit_form("scaled agreement", (), rows, dice) if rows else cls(forms={})
+            form = "expected Dice" if "expected Dice" in candidates else "scaled agreement"
+            model = cls.fit_form(form, candidates[form], rows, dice)
+            model.forms = {}
+            return model
         scores = {}
         for name, features in candidates.items():
             held_out = [cls.fit_form(name, features, rows[:i] + rows[i + 1:], dice[:i] + dice[i + 1:]).predict(rows[i])
