@@ -23,13 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mona.config import config_from_dict
 from mona.data.ssl4mis import dataset_info, load_volumes
-from mona.engine.checkpoint import load_checkpoint
 from mona.errors import MonaError
-from mona.evaluation.inference import dice_per_class
 from mona.evaluation.predict import load_predictor
 from mona.evaluation.quality import QualityModel, describe, load_quality_estimator, spearman, write_rows
 
@@ -54,15 +51,8 @@ def nested_loo(rows: list[dict], dice: list[float]) -> list[float]:
 def split_rows(estimator, split: str, progress: bool) -> list[dict]:
     """case, dice and parts of every volume of `split`, predicted as `mona predict` does."""
     predictor = estimator.predictor
-    config = config_from_dict(load_checkpoint(predictor.checkpoint)["config"])
-    info = dataset_info(config.data.root, predictor.num_classes)
-    rows = []
-    for volume in tqdm(load_volumes(info, split), desc=f"scoring {split}", unit="volume", disable=not progress):
-        found = predictor.predict_prepared(volume.image)
-        parts, _ = estimator.parts(found)
-        rows.append({"case": volume.name, "dice": float(dice_per_class(found.labels, volume.label,
-                                                                       predictor.num_classes).mean()), **parts})
-    return rows
+    info = dataset_info(config_from_dict(predictor.config).data.root, predictor.num_classes)
+    return estimator.score(load_volumes(info, split), f"scoring {split}", progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  val leave-one-out  {name:30s} MAE {score['loo_mae']:.3f}  Spearman {score['loo_spearman']:+.2f}")
     if model.forms:
         val_dice = [row["dice"] for row in val]
-        nested = nested_loo([{k: v for k, v in row.items() if k not in ("case", "dice", "quality")} for row in val],
-                            val_dice)
+        nested = nested_loo(val, val_dice)  # the fit reads only the parts of each row
         rho, mae, overlap = figures(nested, val_dice, min(10, len(val) // 2))
         print(f"  val nested leave-one-out (form chosen on the other {len(val) - 1}): MAE {mae:.3f}  Spearman "
               f"{rho:+.2f}  worst-{min(10, len(val) // 2)} {overlap}")

@@ -25,6 +25,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -146,6 +147,24 @@ def split_budget(slice_names: list[str], labeled: str,
     in_budget = [known and patient_of(name) in chosen for name, known in zip(slice_names, has_label)]
     return ([i for i, inside in enumerate(in_budget) if inside],
             [i for i, inside in enumerate(in_budget) if not inside])
+
+
+def training_volumes(root: str | Path, labeled: str,
+                     unlabeled_cases: Sequence[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """A run's training volumes in dataset `root`: (those of the labeled budget `labeled`, {volume: its
+    slice names in slice order} for all of them, the budget's first, then the unlabeled stream's), from
+    `train_slices.list` as the loader splits it (`split_budget`; `unlabeled_cases` have no masks)."""
+    names = read_list(Path(root) / "train_slices.list")
+    unlabeled = set(unlabeled_cases)
+    inside, outside = split_budget(names, labeled, [volume_of(name) not in unlabeled for name in names])
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(volume_of(name), []).append(name)
+    for slices in groups.values():
+        slices.sort(key=lambda name: int(name.rsplit("_", 1)[-1]) if name.rsplit("_", 1)[-1].isdigit() else 0)
+    budget = list(dict.fromkeys(volume_of(names[i]) for i in inside))
+    rest = list(dict.fromkeys(volume_of(names[i]) for i in outside if volume_of(names[i]) not in budget))
+    return budget, {volume: groups[volume] for volume in [*budget, *rest]}
 
 
 @dataclass

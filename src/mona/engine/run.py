@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from mona.config import Config, config_from_dict, config_value, load_run_config, save_config
 from mona.data.io import atomic_path
-from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes, read_list, split_budget, volume_of
+from mona.data.ssl4mis import dataset_info, load_train_data, load_volumes, training_volumes
 from mona.engine import distributed
 from mona.engine.checkpoint import load_checkpoint, load_weights, student_weights
 from mona.engine.environment import describe
@@ -138,14 +138,13 @@ def check_init(path: Path, num_classes: int, root: str) -> dict:
 def trained_cases(root: Path, labeled: str) -> tuple[set[str], set[str]]:
     """The volumes of dataset `root` that trained a run of budget `labeled`: (with their masks, as
     unlabeled scans); empty when the dataset is gone or no longer fits that budget."""
-    listed, meta = root / "train_slices.list", root / "mona.json"
+    meta = root / "mona.json"
     try:
-        slices = read_list(listed)
-        unlabeled = set(json.loads(meta.read_text()).get("unlabeled_cases") or []) if meta.is_file() else set()
-        chosen, rest = split_budget(slices, labeled, [volume_of(name) not in unlabeled for name in slices])
+        unlabeled = json.loads(meta.read_text()).get("unlabeled_cases") or [] if meta.is_file() else []
+        budget, volumes = training_volumes(root, labeled, unlabeled)
     except (MonaError, OSError, ValueError):
         return set(), set()
-    return {volume_of(slices[i]) for i in chosen}, {volume_of(slices[i]) for i in rest}
+    return set(budget), set(volumes) - set(budget)
 
 
 def seen_val_cases(state: dict, val: list[str]) -> list[str]:

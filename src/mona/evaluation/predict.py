@@ -257,6 +257,7 @@ class Predictor:
     batch_size: int = 32
     tta: bool = False
     largest_component: tuple[int, ...] = ()  # the classes that keep only their largest connected component
+    config: dict = field(default_factory=dict)  # the run's resolved config, as its checkpoint keeps it
 
     def probabilities(self, image: np.ndarray) -> torch.Tensor:
         """(C, D, H, W) class probabilities of a (D, H, W) volume in the network's order."""
@@ -343,7 +344,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", device: str = 
     target, iteration = resolve_device(device), int(state.get("iteration", 0))
     return Predictor(model.to(target).eval(), path, iteration, state["num_classes"], names,
                      state["image_size"], run_preprocessing(state, path), target, amp, batch_size, tta,
-                     postprocessed_classes(run_dir, postprocess, state["num_classes"], iteration))
+                     postprocessed_classes(run_dir, postprocess, state["num_classes"], iteration), state["config"])
 
 
 @dataclass

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from mona.augment.weak import resize_images
 from mona.config import config_from_dict
 from mona.data.io import atomic_path
-from mona.data.ssl4mis import dataset_info, load_volumes, read_h5, read_list, split_budget, volume_of
+from mona.data.ssl4mis import dataset_info, load_volumes, read_h5, training_volumes
 from mona.engine.checkpoint import load_checkpoint, load_weights
 from mona.engine.run_folder import run_root
 from mona.errors import MonaError
@@ -144,7 +144,7 @@ def perturbed_predictions(model: torch.nn.Module, image: np.ndarray, image_size:
                 with dropout_on(network) if group == "mc" else nullcontext(), autocast(device, amp):
                     logits = network(_view(chunk, *view) if view else chunk).logits.float()
                 probs = resize_images(torch.softmax(_unview(logits, *view) if view else logits, dim=1), original)
-                chunks[index].append(probs.argmax(1).to(torch.uint8).cpu())
+                chunks[index].append(probs.max(1).indices.to(torch.uint8).cpu())  # argmax, ~10x faster on a CPU
                 if group == "mc":
                     mc_sum = mc_sum + probs
             if mc_samples:
@@ -360,6 +360,16 @@ class QualityEstimator:
                                           batch_size=p.batch_size, amp=p.amp)
         return case_parts(found.labels, found.probabilities, perturbed, self.anatomy)
 
+    def score(self, volumes: Iterable, desc: str = "scoring", progress: bool = False) -> list[dict]:
+        """`case`, true mean `dice` over classes and the parts of each prepared volume with a label
+        (`mona.data.ssl4mis.Volume`), predicted as `predict` does."""
+        p, rows = self.predictor, []
+        for volume in tqdm(volumes, desc=desc, unit="volume", disable=not progress, leave=False):
+            found = p.predict_prepared(volume.image)
+            dice = float(dice_per_class(found.labels, volume.label, p.num_classes).mean())
+            rows.append({"case": volume.name, "dice": dice, **self.parts(found)[0]})
+        return rows
+
     def assess(self, found, case: str) -> Assessment:
         parts, uncertainty = self.parts(found)
         return Assessment({"case": case, "quality": self.model.predict(parts), **parts}, uncertainty)
@@ -375,24 +385,7 @@ def teacher_network(state: dict, path: Path, device: torch.device) -> torch.nn.M
     return teacher.to(device).to(memory_format=torch.channels_last).eval()
 
 
-def training_volumes(root: Path, labeled: str, unlabeled_cases: Sequence[str]) -> tuple[list[str], dict[str, list]]:
-    """The run's training slices by volume (slice names in slice order): (the labeled budget's volumes,
-    {volume: slice names} of the rest, the unlabeled stream), from `train_slices.list` as the loader
-    splits it (`split_budget`)."""
-    names = read_list(root / "train_slices.list")
-    unlabeled = set(unlabeled_cases)
-    inside, outside = split_budget(names, labeled, [volume_of(name) not in unlabeled for name in names])
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        groups.setdefault(volume_of(name), []).append(name)
-    for slices in groups.values():
-        slices.sort(key=lambda name: int(name.rsplit("_", 1)[-1]) if name.rsplit("_", 1)[-1].isdigit() else 0)
-    budget = list(dict.fromkeys(volume_of(names[i]) for i in inside))
-    rest = list(dict.fromkeys(volume_of(names[i]) for i in outside if volume_of(names[i]) not in budget))
-    return budget, {volume: groups[volume] for volume in [*budget, *rest]}
-
-
-def read_slices(root: Path, names: Sequence[str], num_classes: int, key: str) -> list[np.ndarray]:
+def slice_arrays(root: Path, names: Sequence[str], num_classes: int, key: str) -> list[np.ndarray]:
     """`image` or `label` of each 2D slice file data/slices/<name>.h5."""
     index = 0 if key == "image" else 1
     return [read_h5(root / "data" / "slices" / f"{name}.h5", 2, num_classes, need_label=key == "label")[index]
@@ -423,25 +416,18 @@ def load_quality_estimator(predictor, run_dir: str | Path, progress: bool = Fals
                 return QualityEstimator(predictor, teacher, Anatomy(**saved["anatomy"]), model, saved["val"])
         except (ValueError, KeyError, TypeError):
             pass  # unreadable or from another version: fitted again below
-    config = config_from_dict(state["config"])
+    config = config_from_dict(predictor.config)
     root = Path(config.data.root)
     if not root.is_dir():
         raise MonaError("the quality estimate is fitted on the run's val volumes, and the run's dataset is not "
                         "there (moved?)", root)
     info = dataset_info(root, predictor.num_classes)
     budget, volumes = training_volumes(root, config.data.labeled, info.metadata.get("unlabeled_cases") or ())
-    anatomy = Anatomy.from_masks((read_slices(root, volumes[v], info.num_classes, "label") for v in budget),
+    anatomy = Anatomy.from_masks((slice_arrays(root, volumes[v], info.num_classes, "label") for v in budget),
                                  info.num_classes)
     estimator = QualityEstimator(predictor, teacher, anatomy, QualityModel(), [])
-    rows, dice = [], []
-    for volume in tqdm(load_volumes(info, "val"), desc="fitting the quality estimate on val", unit="volume",
-                       disable=not progress, leave=False):
-        found = predictor.predict_prepared(volume.image)
-        parts, _ = estimator.parts(found)
-        rows.append(parts)
-        dice.append(float(dice_per_class(found.labels, volume.label, info.num_classes).mean()))
-        estimator.val.append({"case": volume.name, "dice": dice[-1], **parts})
-    estimator.model = QualityModel.fit(rows, dice)
+    estimator.val = estimator.score(load_volumes(info, "val"), "fitting the quality estimate on val", progress)
+    estimator.model = QualityModel.fit(estimator.val, [row["dice"] for row in estimator.val])
     try:
         with atomic_path(cache) as tmp:
             tmp.write_text(json.dumps({"key": key, "model": asdict(estimator.model), "anatomy": asdict(anatomy),

@@ -18,12 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from mona.config import config_from_dict
-from mona.data.ssl4mis import dataset_info, patient_of
-from mona.engine.checkpoint import load_checkpoint
+from mona.data.ssl4mis import dataset_info, patient_of, training_volumes
 from mona.errors import MonaError
 from mona.evaluation.case_page import case_browser, write_case_page
 from mona.evaluation.predict import load_predictor
-from mona.evaluation.quality import describe, load_quality_estimator, read_slices, training_volumes, write_rows
+from mona.evaluation.quality import describe, load_quality_estimator, slice_arrays, write_rows
 
 
 def diverse_order(rows: list[dict]) -> list[dict]:
@@ -49,7 +48,7 @@ def suggest(run_dir: str | Path, out: str | Path, count: int = 10, device: str =
     predictor = load_predictor(run_dir, device=device)
     estimator = load_quality_estimator(predictor, run_dir, progress=progress)
     say(describe(estimator))
-    config = config_from_dict(load_checkpoint(predictor.checkpoint)["config"])
+    config = config_from_dict(predictor.config)
     root = Path(config.data.root)
     info = dataset_info(root, predictor.num_classes)
     budget, volumes = training_volumes(root, config.data.labeled, info.metadata.get("unlabeled_cases") or ())
@@ -61,7 +60,7 @@ def suggest(run_dir: str | Path, out: str | Path, count: int = 10, device: str =
 
     def segment(case: str):
         try:
-            image = np.stack(read_slices(root, volumes[case], info.num_classes, "image"))
+            image = np.stack(slice_arrays(root, volumes[case], info.num_classes, "image"))
         except ValueError:
             raise MonaError(f"the slices of {case} differ in shape", root / "data" / "slices") from None
         return predictor.predict_prepared(image)
