@@ -51,8 +51,9 @@ class CopyPasteLoss(nn.Module):
             probs = torch.softmax(logits, dim=1)
             dice = (outside_weight * self.dice(probs, outside_target, outside)
                     + inside_weight * self.dice(probs, inside_target, inside))
-            ce_out = F.cross_entropy(logits, outside_target.long(), reduction="none")
-            ce_in = F.cross_entropy(logits, inside_target.long(), reduction="none")
+            log_probs = F.log_softmax(logits, dim=1)  # cross-entropy's, computed once for both targets
+            ce_out = F.nll_loss(log_probs, outside_target.long(), reduction="none")
+            ce_in = F.nll_loss(log_probs, inside_target.long(), reduction="none")
             ce = (outside_weight * (ce_out * outside).sum() / (outside.sum() + 1e-16)
                   + inside_weight * (ce_in * inside).sum() / (inside.sum() + 1e-16))
             return dice, ce

@@ -80,12 +80,13 @@ class ABDSelfTrain(Method):
         box = copy_paste_box(tuple(images_l.shape[-2:]), generator, cfg.box_fraction, images_l.device)
 
         weight = cfg.unlabeled_weight
-        inputs_1, logits_1, dice_1, ce_1 = bidirectional_copy_paste(
+        mixed_1, mixed_logits_1, dice_1, ce_1 = bidirectional_copy_paste(
             self.model, self.mix_loss, images_l, labels_l, images_u, teacher_pseudo_labels(self.teacher, images_u),
             box, weight)
-        inputs_2, logits_2, dice_2, ce_2 = bidirectional_copy_paste(
+        mixed_2, mixed_logits_2, dice_2, ce_2 = bidirectional_copy_paste(
             self.model_2, self.mix_loss, strong_l, strong_labels_l, strong_u,
             teacher_pseudo_labels(self.teacher, strong_u), box, weight)
+        inputs_1, logits_1, inputs_2, logits_2 = map(torch.cat, (mixed_1, mixed_logits_1, mixed_2, mixed_logits_2))
         bcp_1, bcp_2 = (dice_1 + ce_1) / 2, (dice_2 + ce_2) / 2
         probs_1, probs_2 = torch.softmax(logits_1.float(), dim=1), torch.softmax(logits_2.float(), dim=1)
         confidence_1, pseudo_1 = probs_1.detach().max(dim=1)

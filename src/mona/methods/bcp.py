@@ -32,6 +32,7 @@ from mona.config import ABDConfig, BCPConfig, Config
 from mona.evaluation.postprocess import keep_largest_component
 from mona.losses.copy_paste import CopyPasteLoss
 from mona.methods.base import Method, Stage
+from mona.randomness import host_to_device
 
 
 def largest_component_labels(logits: torch.Tensor, largest_component: bool = True) -> torch.Tensor:
@@ -43,7 +44,7 @@ def largest_component_labels(logits: torch.Tensor, largest_component: bool = Tru
         return labels
     classes = range(1, logits.shape[1])
     kept = np.stack([keep_largest_component(image, classes) for image in labels.cpu().numpy()])
-    return torch.from_numpy(kept).to(labels.device)
+    return host_to_device(torch.from_numpy(kept), labels.device)
 
 
 def halves(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,9 +76,11 @@ class BCPPretrain(Method):
 
 def teacher_pseudo_labels(teacher: torch.nn.Module, images_u: torch.Tensor,
                           largest_component: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The teacher's pseudo-labels of the unlabeled halves a and b, one forward each (L362-L366)."""
+    """The teacher's pseudo-labels of the unlabeled halves a and b, one forward each (L362-L366), read on
+    the host once for both."""
     with torch.no_grad():
-        return tuple(largest_component_labels(teacher(half).logits, largest_component) for half in halves(images_u))
+        logits = torch.cat([teacher(half).logits for half in halves(images_u)])
+    return halves(largest_component_labels(logits, largest_component))
 
 
 def bidirectional_copy_paste(model: torch.nn.Module, mix_loss: CopyPasteLoss, images_l: torch.Tensor,
@@ -85,8 +88,8 @@ def bidirectional_copy_paste(model: torch.nn.Module, mix_loss: CopyPasteLoss, im
                              box: torch.Tensor, unlabeled_weight: float):
     """BCP's two mixed images through `model` (L372-L377): a labeled crop pasted into unlabeled slice a,
     an unlabeled crop pasted into labeled slice b, two forwards; each region scored against its truth
-    (weight 1) or its pseudo-label (`unlabeled_weight`). Returns the mixed inputs and their logits (a's
-    then b's) and the summed Dice and CE."""
+    (weight 1) or its pseudo-label (`unlabeled_weight`). Returns the mixed inputs and their logits (each
+    a pair: a's, b's) and the summed Dice and CE."""
     (image_a, image_b), (label_a, label_b) = halves(images_l), halves(labels_l)
     unlabeled_a, unlabeled_b = halves(images_u)
     pseudo_a, pseudo_b = pseudo
@@ -96,8 +99,7 @@ def bidirectional_copy_paste(model: torch.nn.Module, mix_loss: CopyPasteLoss, im
     logits_labeled = model(in_labeled).logits
     dice_u, ce_u = mix_loss(logits_unlabeled, pseudo_a, label_a, box, outside_weight=unlabeled_weight)
     dice_l, ce_l = mix_loss(logits_labeled, label_b, pseudo_b, box, inside_weight=unlabeled_weight)
-    return (torch.cat([in_unlabeled, in_labeled]), torch.cat([logits_unlabeled, logits_labeled]), dice_u + dice_l,
-            ce_u + ce_l)
+    return (in_unlabeled, in_labeled), (logits_unlabeled, logits_labeled), dice_u + dice_l, ce_u + ce_l
 
 
 class BCPSelfTrain(Method):
