@@ -16,7 +16,7 @@ VERBS = {
     "synth": ("mona.cli.synth", "write the built-in synthetic cardiac phantom in the SSL4MIS layout"),
     "train": ("mona.cli.train", "train a method (supervised, mean_teacher, mona, unimatch, bcp, abd) on a dataset"),
     "evaluate": ("mona.cli.evaluate", "score a run on val/test volumes, or a folder of predictions against truths"),
-    "predict": ("mona.cli.predict", "segment new scans (NIfTI or h5) with a trained run"),
+    "predict": ("mona.cli.predict", "segment new scans (NIfTI, a DICOM series or h5) with a trained run"),
     "suggest": ("mona.cli.suggest", "rank a run's unlabeled training scans: which to annotate next"),
     "prepare": ("mona.cli.prepare", "convert raw ACDC, LiTS, MMWHS or nnU-Net datasets into mona's layout"),
     "reproduce": ("mona.cli.reproduce", "train and test a grid of methods x label budgets x seeds, then report"),

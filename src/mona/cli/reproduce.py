@@ -24,8 +24,9 @@ Protocols (presets):
              by side on 2 cores, one thread each, a run takes: supervised 9-13 min, mean
              teacher 19-29, MONA 68-89 on a CPU with native bf16 (Intel Xeon with AMX,
              AMD Zen 5); at 3000 iterations an AVX2-only CPU (fp32) took 2.5-3.5x as
-             long as an AVX512-BF16 one. The full 3 x 3 x 3 grid is 16 h of training
-             (8 h in two lanes); MONA's Dice is 2-5 points under the paper's.
+             long as an AVX512-BF16 one. Supervised, mean teacher and MONA at 3 budgets x 3
+             seeds are 16 h of training (8 h in two lanes); MONA's Dice is 2-5 points under
+             the paper's. UniMatch, BCP and ABD add about 22 h (docs/methods/peers.md).
   paper      MONA_SPEC's protocol: 256x256, 12 + 12 per batch (MONA 3+3 then 4+4),
              30000 iterations per stage; for a GPU.
 Extra key=value overrides apply to every run (e.g. train.iterations=1000 train.device=cuda).
@@ -52,7 +53,8 @@ from mona.methods import METHODS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder (SSL4MIS layout)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all three)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated methods (default: all, {','.join(METHODS)})")
     parser.add_argument("--labeled", default="1,3,7", help="comma-separated labeled-patient budgets (default 1,3,7)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--protocol", default="cpu-small",

@@ -92,7 +92,7 @@ def _stage_checkpoint(source: str, run_dir: Path, checkpoint: str = "last") -> P
         path = stage_folders(path)[0] / f"{checkpoint}.pt"
     if not path.is_file():
         raise MonaError(f"this stage starts from the student of {source!r}, which has no checkpoint "
-                        "(train that stage first, or set mona.init_from)", path)
+                        "(train that stage first)", path)
     return path
 
 
@@ -123,7 +123,7 @@ def init_stages(stages: list[Stage], init: str) -> list[Stage]:
     """What a run started from another run's model (`init`, a checkpoint file) trains: its method's
     last stage, from that model. An earlier stage (MONA's, BCP's and ABD's stage 1) only makes the
     student the last stage starts from, and a finished model takes its place."""
-    return [dataclasses.replace(stages[-1], init_from=init, init_checkpoint="best")] if init else stages
+    return [dataclasses.replace(stages[-1], init_from=init)] if init else stages
 
 
 def check_init(path: Path, num_classes: int, root: str) -> dict:
@@ -161,11 +161,11 @@ def seen_val_cases(state: dict, val: list[str]) -> list[str]:
             "val Dice, and the best checkpoint chosen by it, may overstate how the model segments unseen scans"]
 
 
-def _start_from(method: Method, stage: Stage, run_dir: Path) -> tuple[Path, dict]:
+def _start_from(method: Method, stage: Stage, run_dir: Path, state: dict | None = None) -> tuple[Path, dict]:
     """The method's networks start from an earlier student (`Method.start_from`); returns the
-    checkpoint's path and contents."""
+    checkpoint's path and contents (`state`, when the caller has read it already)."""
     path = _stage_checkpoint(stage.init_from, run_dir, stage.init_checkpoint)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path) if state is None else state
     method.start_from(student_weights(state, path), lambda module, weights: load_weights(module, weights, path))
     return path, state
 
@@ -287,7 +287,7 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, continu
             torch.manual_seed(config.train.seed + 1_000_003 * index)  # a stage's initial weights: fixed by the seed
             method = stage.build(info.num_classes)
             if stage.init_from and state is None:
-                path, source = _start_from(method, stage, run_dir)
+                path, source = _start_from(method, stage, run_dir, origin)  # origin: --init's, read once
                 if config.init:
                     say(init_line(path, source, *carry_networks(method, source["method"], path), skipped))
             try:

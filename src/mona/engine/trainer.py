@@ -138,11 +138,12 @@ class Trainer:
         if method.uses_unlabeled and data.unlabeled is None:
             raise MonaError(f"method {config.method} needs unlabeled slices, but every training slice is labeled")
 
-    def _checkpoint_state(self, iteration: int, optimizer, scaler, best: dict, last_val: dict, timing: dict) -> dict:
+    def _checkpoint_state(self, iteration: int) -> dict:
+        """Everything `last.pt` keeps to resume at `iteration`: weights, optimiser, scaler, scores, time."""
         return {
             "method": self.method.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "iteration": iteration,
             "total_iterations": self.stage.iterations,
             "config": self.config.to_dict(),
@@ -151,7 +152,7 @@ class Trainer:
             "class_names": self.info.class_names,
             "image_size": self.config.data.image_size,
             "preprocessing": self.info.preprocessing,
-            "metrics": {"val": last_val, "best": best, **timing},
+            "metrics": {"val": self.last_val, "best": self.best, **self.timing},
         }
 
     def _log(self, writer, record: dict) -> None:
@@ -376,7 +377,7 @@ class Trainer:
         return stop.requested
 
     def _save(self, done: int, improved: bool = False) -> None:
-        state = self._checkpoint_state(done, self.optimizer, self.scaler, self.best, self.last_val, self.timing)
+        state = self._checkpoint_state(done)
         if improved:  # weights and metadata: what evaluation, prediction and init_from read
             save_checkpoint(self.run_dir / "best.pt", {**state, "method": self.method.weights(), "optimizer": {},
                                                        "scaler": {}})
@@ -404,7 +405,8 @@ class LossWindow:
 
     def read(self) -> tuple[dict[str, float], float, float]:
         """The mean losses, seconds per step and the share of the time spent on batches; then empty."""
-        result = ({key: float(value) / self.steps for key, value in self.sums.items()}, self.seconds / self.steps,
+        sums = torch.stack(list(self.sums.values())).tolist() if self.sums else []  # one read of the device
+        result = ({key: value / self.steps for key, value in zip(self.sums, sums)}, self.seconds / self.steps,
                   self.wait / self.seconds)
         self._empty()
         return result
