@@ -27,13 +27,7 @@ case $METHOD in
        EXTRA=(--patch_size 32) LOG=model/BCP/ACDC_peer_${LABELED}_labeled/pre_train/log.txt ;;
   *) echo "method must be bcp or abd, not $METHOD" >&2; exit 2 ;;
 esac
-PV=${PEERS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mona-peers}
-if [ ! -x "$PV/bin/python" ]; then
-  python3 -m venv "$PV" >/dev/null
-  "$PV/bin/pip" install -q torch==2.13.0 >/dev/null 2>&1
-  "$PV/bin/pip" install -q opencv-python-headless tensorboardX medpy h5py scipy matplotlib pillow tqdm scikit-image \
-    imageio einops >"$PV/install.log" 2>&1 || { echo "peer venv install failed: $(tail -1 "$PV/install.log")" >&2; exit 1; }
-fi
+. "$(dirname "$0")/peer_venv.sh"  # sets PV
 mkdir "$OUT"; OUT=$(cd "$OUT" && pwd)
 git -C "$REPO" archive "$COMMIT" code 2>/dev/null | tar -x -C "$OUT"  # blobs outside code/ may be absent from a mirror
 [ -f "$OUT/code/$SCRIPT" ] || { echo "no code/$SCRIPT at $COMMIT in $REPO" >&2; exit 1; }

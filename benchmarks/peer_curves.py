@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mona.engine.run_folder import stage_folders
+from mona.experiments.html import read_records
 
 PEER_LINE = re.compile(r"iteration (\d+) : (?:model1_)?mean_dice : ([0-9.]+)")
 EPOCH_LINE = re.compile(r"MeanDice: ([0-9.]+)")
@@ -36,11 +37,11 @@ def peer_stages(log: Path, iterations_per_epoch: int = 0) -> list[dict[int, floa
     stages: list[dict[int, float]] = []
     epochs = 0
     for line in log.read_text(errors="replace").splitlines():
-        match = PEER_LINE.search(line)
-        if iterations_per_epoch and EPOCH_LINE.search(line):
+        match = (EPOCH_LINE if iterations_per_epoch else PEER_LINE).search(line)
+        if match and iterations_per_epoch:
             epochs += 1
-            iteration, dice = epochs * iterations_per_epoch, float(EPOCH_LINE.search(line).group(1)) / 100
-        elif match and not iterations_per_epoch:
+            iteration, dice = epochs * iterations_per_epoch, float(match.group(1)) / 100
+        elif match:
             iteration, dice = int(match.group(1)), float(match.group(2))
         else:
             continue
@@ -52,13 +53,8 @@ def peer_stages(log: Path, iterations_per_epoch: int = 0) -> list[dict[int, floa
 
 def mona_stages(run: Path) -> list[tuple[str, dict[int, float]]]:
     """Each stage of the run that has started: its name and val Dice per iteration."""
-    result = []
-    for folder in stage_folders(run):
-        if not (folder / "metrics.jsonl").is_file():
-            continue
-        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-        result.append((folder.name, {r["iteration"]: r["dice"] for r in records if r["split"] == "val"}))
-    return result
+    return [(folder.name, {r["iteration"]: r["dice"] for r in read_records(folder) if r["split"] == "val"})
+            for folder in stage_folders(run) if (folder / "metrics.jsonl").is_file()]
 
 
 def summary(curve: dict[int, float]) -> tuple[float, float]:
@@ -78,7 +74,7 @@ def main() -> None:
     out = []
     for (name, mine), theirs in zip(ours, peers):
         print(f"\n{name or 'run'}: val Dice % (iteration, peer | mona | mona - peer)")
-        for iteration in sorted(theirs):
+        for iteration in sorted(theirs) if mine else ():  # a stage just begun has no val record yet
             nearest = min(mine, key=lambda i: abs(i - iteration))
             print(f"{iteration:>6} {100 * theirs[iteration]:6.1f} {100 * mine[nearest]:6.1f} "
                   f"{100 * (mine[nearest] - theirs[iteration]):+6.1f}" + (f" (mona at {nearest})"

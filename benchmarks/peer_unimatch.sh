@@ -20,13 +20,7 @@
 set -eu
 REPO=$1; DATA=$(cd "$2" && pwd); OUT=$3; LABELED=${4:-3}
 COMMIT=0324f3dd4a22128105a5eb135d2586c0bb3cc647
-PV=${PEERS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mona-peers}
-if [ ! -x "$PV/bin/python" ]; then
-  python3 -m venv "$PV" >/dev/null
-  "$PV/bin/pip" install -q torch==2.13.0 >/dev/null 2>&1
-  "$PV/bin/pip" install -q h5py scipy pillow pyyaml tensorboard >"$PV/install.log" 2>&1 \
-    || { echo "peer venv install failed: $(tail -1 "$PV/install.log")" >&2; exit 1; }
-fi
+. "$(dirname "$0")/peer_venv.sh"  # sets PV
 mkdir "$OUT"; OUT=$(cd "$OUT" && pwd)
 git -C "$REPO" archive "$COMMIT" more-scenarios/medical 2>/dev/null | tar -x -C "$OUT"
 cd "$OUT/more-scenarios/medical"
