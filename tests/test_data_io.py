@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dicom_series import INTERCEPT, PIXEL_SPACING, SLICE_STEP, SLOPE, expected_affine, write_series
-from mona.data.io import Volume, check_labels, read_dicom_series, read_volume, write_label_volume
+from mona.data.io import Volume, check_labels, dicom_affine, read_dicom_series, read_volume, write_label_volume
 from mona.errors import MonaError
 
 
@@ -179,6 +179,7 @@ def test_a_dicom_series_is_one_scan_in_the_geometry_dicom_defines(tmp_path):
     assert volume.image.shape == (3, 4, 5)  # (slices, rows, columns): io order of NIfTI (x, y, z) = (5, 4, 3)
     np.testing.assert_array_equal(volume.image, (stored * SLOPE + INTERCEPT).transpose(2, 1, 0))
     np.testing.assert_allclose(volume.affine, expected_affine(), atol=1e-6)
+    np.testing.assert_allclose(dicom_affine(folder), read_dicom_series(folder).affine, atol=1e-5)  # from headers
     np.testing.assert_allclose(volume.spacing, (SLICE_STEP, *PIXEL_SPACING), atol=1e-6)
     write_label_volume(tmp_path / "mask.nii.gz", (volume.image > 100).astype(np.uint8), volume)
     mask = nib.load(tmp_path / "mask.nii.gz")

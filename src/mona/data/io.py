@@ -290,8 +290,8 @@ def find_dicom_series(root: Path) -> dict[str, Path]:
 
 
 def read_dicom_series(folder: str | Path) -> nib.Nifti1Image:
-    """The DICOM series in `folder` as an in-memory NIfTI image (float32, rescale slope and intercept
-    applied), with the geometry ITK gives a series (SimpleITK's `ImageSeriesReader`, 3D Slicer).
+    """The DICOM series in `folder` as an in-memory NIfTI image (float32 in the modality's units,
+    `_slice_pixels`), with the geometry ITK gives a series (SimpleITK's `ImageSeriesReader`, 3D Slicer).
 
     Voxel (i, j, k) is column i and row j of the k-th slice along the slice normal (row cosine x
     column cosine of ImageOrientationPatient); the affine maps it to RAS millimetres (DICOM's LPS with
@@ -303,20 +303,36 @@ def read_dicom_series(folder: str | Path) -> nib.Nifti1Image:
     one position (time points, echoes), unevenly spaced slices (a missing slice), multi-frame and colour
     files, and pixel data that pydicom cannot decode (compressed, without its plug-ins).
     """
+    folder = Path(folder)
+    slices, affine = _dicom_slices(folder, pixels=True)
+    data = np.stack([_slice_pixels(path, ds).T for path, ds in slices], axis=2)  # (columns, rows, slices)
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)  # scanner coordinates, as dcm2niix and ITK write them
+    img.set_sform(affine, code=1)
+    return img
+
+
+def dicom_affine(folder: str | Path) -> np.ndarray:
+    """The affine `read_dicom_series` gives the series in `folder`, from the headers alone (no pixel data read)."""
+    return _dicom_slices(Path(folder), pixels=False)[1]
+
+
+def _dicom_slices(folder: Path, pixels: bool) -> tuple[list, np.ndarray]:
+    """The series' (path, dataset) pairs along the slice normal and its RAS affine (`read_dicom_series`);
+    without `pixels`, the datasets stop before their pixel data."""
     import pydicom  # not at the top: only DICOM input needs it
     from pydicom.errors import InvalidDicomError
 
-    folder = Path(folder)
     files = dicom_files(folder) if folder.is_dir() else []
     if not files:
         raise MonaError("no DICOM files (.dcm, or files marked DICM) in this folder", folder)
     slices = []
     for path in files:
         try:
-            slices.append((path, pydicom.dcmread(path)))
+            slices.append((path, pydicom.dcmread(path, stop_before_pixels=not pixels)))
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             raise MonaError(f"cannot read as DICOM ({type(exc).__name__}: {exc})", path) from None
-    _check_series(folder, slices)
+    _check_series(folder, slices, pixels)
     first = slices[0][1]
     cosines = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
     row, column = cosines[:3], cosines[3:]
@@ -329,16 +345,12 @@ def read_dicom_series(folder: str | Path) -> nib.Nifti1Image:
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1] = row * pixel_spacing[1], column * pixel_spacing[0]
     lps[:3, 2], lps[:3, 3] = step, positions[0]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    data = np.stack([_slice_pixels(path, ds).T for path, ds in slices], axis=2)  # (columns, rows, slices)
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)  # scanner coordinates, as dcm2niix and ITK write them
-    img.set_sform(affine, code=1)
-    return img
+    return slices, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def _check_series(folder: Path, slices: list) -> None:
-    """One series of single-frame greyscale slices of one orientation, spacing and size."""
+def _check_series(folder: Path, slices: list, pixels: bool = True) -> None:
+    """One series of single-frame greyscale slices of one orientation, spacing and size (and pixel data,
+    when the datasets were read with it)."""
     series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
     if len(series) > 1:
         raise MonaError(f"holds {len(series)} DICOM series (SeriesInstanceUID): put each series in a folder of its "
@@ -346,7 +358,7 @@ def _check_series(folder: Path, slices: list) -> None:
     first_path, first = slices[0]
     for path, ds in slices:
         missing = [key for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
-                                   "Columns", "PixelData") if key not in ds]
+                                   "Columns", *(["PixelData"] if pixels else [])) if key not in ds]
         if missing:
             raise MonaError(f"lacks {', '.join(missing)}: not a slice of a 3D scan", path)
         if int(ds.get("NumberOfFrames") or 1) > 1 or int(ds.get("SamplesPerPixel") or 1) != 1:
@@ -380,7 +392,10 @@ def _slice_step(folder: Path, slices: list, positions: np.ndarray, normal: np.nd
 
 
 def _slice_pixels(path: Path, ds) -> np.ndarray:
-    """One slice's pixels (rows, columns) as float32, with RescaleSlope and RescaleIntercept applied."""
+    """One slice's pixels (rows, columns) as float32 in the modality's units (pydicom's modality LUT:
+    RescaleSlope and RescaleIntercept, or a Modality LUT Sequence)."""
+    from pydicom.pixels import apply_modality_lut
+
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises several types for pixel data it cannot decode
@@ -389,5 +404,4 @@ def _slice_pixels(path: Path, ds) -> np.ndarray:
         raise MonaError(f"cannot decode the pixel data ({what}: {str(exc).splitlines()[0]}); compressed DICOM needs "
                         "pydicom's decoders (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or a "
                         "decompressed copy", path) from None
-    slope, intercept = float(ds.get("RescaleSlope") or 1.0), float(ds.get("RescaleIntercept") or 0.0)
-    return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(np.float32)
+    return np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)

@@ -18,14 +18,13 @@ from importlib import resources
 from pathlib import Path
 
 from mona.data.prepare.common import (
-    FALLBACK_SPLIT,
     DatasetMeta,
     Log,
     derive_volumes,
+    fallback_split,
     identity_labels,
     minmax,
     raw_folder,
-    split_cases,
     write_dataset,
 )
 from mona.data.ssl4mis import patient_of, read_list
@@ -105,13 +104,11 @@ def prepare_acdc(raw: Path, out: Path, *, overwrite: bool = False, lists: Path |
     missing = sorted(listed - set(patients))
     if missing and lists is None:
         present = sorted(listed & set(patients))  # the protocol's patients (training/), not testing/'s
-        splits = split_cases([f"{patient}_{tag}" for patient in present for tag in PHASES], **FALLBACK_SPLIT,
-                             source=raw)
+        splits, split_source = fallback_split(
+            [f"{patient}_{tag}" for patient in present for tag in PHASES], raw,
+            f"the SSL4MIS split cannot be used, {len(missing)} of its {len(listed)} patients are not here (first "
+            f"{missing[0]}); these {len(present)} patients are", unit="patient")
         train_slices = None
-        split_source = (f"seeded fallback: the SSL4MIS split cannot be used, {len(missing)} of its {len(listed)} "
-                        f"patients are not here (first {missing[0]}); these {len(present)} patients are split by "
-                        f"patient with seed {FALLBACK_SPLIT['seed']}, val fraction {FALLBACK_SPLIT['val_fraction']}, "
-                        f"test fraction {FALLBACK_SPLIT['test_fraction']}")
     sources = {name: frame_files(patients, name, raw) for split in splits.values() for name in split}
     meta = DatasetMeta("ACDC", CLASSES, "MRI", "minmax", minmax, identity_labels(CLASSES), BUDGETS,
                        canonical=False, split_source=split_source, extra={"phases": PHASES})

@@ -29,7 +29,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from mona.data.io import dicom_files, find_dicom_series, read_dicom_series
+from mona.data.io import dicom_affine, dicom_files, find_dicom_series, read_dicom_series
 from mona.data.ssl4mis import patient_of, volume_of
 from mona.errors import MonaError
 
@@ -103,11 +103,19 @@ def load_nifti(path: Path) -> nib.Nifti1Image:
     return img
 
 
-def canonical_spacing(img: nib.Nifti1Image) -> np.ndarray:
-    """Voxel sizes along the axes of the closest-canonical (RAS) orientation, from the header alone."""
-    ornt = nib.orientations.io_orientation(img.affine)
+def scan_affine(path: Path) -> np.ndarray:
+    """A scan's affine from its header(s) alone: a NIfTI file's, or a DICOM series folder's (`load_nifti`)."""
+    if not Path(path).is_dir():
+        return load_nifti(path).affine
+    with reading(path):
+        return dicom_affine(path)
+
+
+def canonical_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel sizes along the axes of the closest-canonical (RAS) orientation of an affine."""
+    ornt = nib.orientations.io_orientation(affine)
     spacing = np.empty(3)
-    spacing[ornt[:, 0].astype(int)] = nib.affines.voxel_sizes(img.affine)
+    spacing[ornt[:, 0].astype(int)] = nib.affines.voxel_sizes(affine)
     return spacing
 
 
@@ -233,12 +241,13 @@ def find_scan_files(root: Path) -> dict[str, Path]:
 
 
 def find_pairs(image_root: Path, label_root: Path, image_pattern: str, label_pattern: str,
-               what: str, *, require_labels: bool = True) -> dict[str, tuple[Path, Path | None]]:
+               what: str, *, require_labels: bool = True,
+               dicom_series: bool = False) -> dict[str, tuple[Path, Path | None]]:
     """Case key -> (image, label) for the files below `image_root` and `label_root` whose names
-    match the two regexes (group 1 = the key; `SCAN_PATTERN` for images also takes DICOM series,
-    `find_scan_files`). A label without image is an error; so is an image without label, unless
-    `require_labels` is off: its label is then None (an unlabeled case)."""
-    images = find_scan_files(image_root) if image_pattern == SCAN_PATTERN else find_files(image_root, image_pattern)
+    match the two regexes (group 1 = the key); with `dicom_series`, images are scan files and DICOM
+    series folders (`find_scan_files`). A label without image is an error; so is an image without
+    label, unless `require_labels` is off: its label is then None (an unlabeled case)."""
+    images = find_scan_files(image_root) if dicom_series else find_files(image_root, image_pattern)
     labels = find_files(label_root, label_pattern)
     if not images and not labels:
         raise MonaError(f"no {what} found (empty dataset)", image_root)
@@ -478,6 +487,13 @@ class NumberedLayout:
 FALLBACK_SPLIT = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.2}
 
 
+def fallback_split(cases: list[str], raw: Path, why: str, unit: str = "case") -> tuple[dict[str, list[str]], str]:
+    """The seeded split (`FALLBACK_SPLIT`) of `cases` when a dataset's own cannot be used, and the
+    `split_source` that says so: `why`, then how ("... split by case with seed 0, ...")."""
+    how = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in FALLBACK_SPLIT.items())
+    return split_cases(cases, **FALLBACK_SPLIT, source=raw), f"seeded fallback: {why} split by {unit} with {how}"
+
+
 def prepare_numbered(layout: NumberedLayout, raw: Path, out: Path, *, hu_window: tuple[float, float],
                      overwrite: bool = False, log: Log = None) -> Path:
     """Prepare a numbered CT layout: files found anywhere below `raw`, RAS, axial, HU window -> [0, 1].
@@ -494,10 +510,8 @@ def prepare_numbered(layout: NumberedLayout, raw: Path, out: Path, *, hu_window:
     split_source = f"the paper's {layout.name} split"
     empty = [split for split in SPLITS if not splits[split]]
     if empty:
-        splits = split_cases(sorted(sources), **FALLBACK_SPLIT, source=raw)
-        split_source = (f"seeded fallback: the paper's {layout.name} split leaves {' and '.join(empty)} empty with "
-                        f"these {len(sources)} cases; split by case with seed {FALLBACK_SPLIT['seed']}, val fraction "
-                        f"{FALLBACK_SPLIT['val_fraction']}, test fraction {FALLBACK_SPLIT['test_fraction']}")
+        splits, split_source = fallback_split(sorted(sources), raw, f"the paper's {layout.name} split leaves "
+                                              f"{' and '.join(empty)} empty with these {len(sources)} cases;")
     meta = DatasetMeta(layout.name, layout.classes, "CT", *window_normalisation(*hu_window), layout.label_map,
                        layout.budgets, split_source=split_source, extra=layout.extra)
     return write_dataset(out, meta, splits, sources, raw=raw, overwrite=overwrite, log=log)

@@ -82,7 +82,7 @@ def prepare_folder(images: Path, masks: Path, out: Path, *, classes: list[str] |
     if images.resolve() == masks.resolve() or images.resolve() in masks.resolve().parents:
         raise MonaError(f"the masks folder must not be inside the images folder {images}", masks)
     check_output(out, raw=masks, overwrite=overwrite)
-    sources = find_pairs(images, masks, SCAN_PATTERN, SCAN_PATTERN, SCANS, require_labels=False)
+    sources = find_pairs(images, masks, SCAN_PATTERN, SCAN_PATTERN, SCANS, require_labels=False, dicom_series=True)
     labels = [label for _, label in sources.values() if label is not None]
     if not labels:
         raise MonaError("no masks found: each is a .nii.gz or .nii file named as its scan (case.nii.gz for "

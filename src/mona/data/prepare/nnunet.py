@@ -36,11 +36,11 @@ from mona.data.prepare.common import (
     check_output,
     find_pairs,
     find_scans,
-    load_nifti,
     log_skipped,
     percentile_window,
     raw_folder,
     read_raw,
+    scan_affine,
     split_cases,
     window_normalisation,
     write_dataset,
@@ -80,7 +80,7 @@ def read_dataset_json(folder: Path) -> dict:
 
 def largest_spacing_axis(images: list[Path]) -> int:
     """The RAS axis with the largest median voxel size (ties within 0.1 % go to the later axis)."""
-    spacing = np.median([canonical_spacing(load_nifti(path)) for path in images], axis=0)
+    spacing = np.median([canonical_spacing(scan_affine(path)) for path in images], axis=0)
     return int(np.flatnonzero(spacing >= spacing.max() * (1 - 1e-3))[-1])
 
 
