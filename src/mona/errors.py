@@ -16,6 +16,10 @@ class MonaError(Exception):
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 
+class LabelRangeError(MonaError):
+    """A label volume holds values outside 0..C-1 (a wrong class count, or masks in other values)."""
+
+
 class RunInUse(MonaError):
     """Another live process holds the run folder's lock (`mona reproduce` lanes skip such a run)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mona.errors import MonaError
+from mona.errors import LabelRangeError, MonaError
 from mona.evaluation.report import compare_folders, format_table, write_csv, write_json
 
 
@@ -47,8 +47,8 @@ def run_folders(args: argparse.Namespace) -> int:
     try:
         rows, summary = compare_folders(args.pred, args.truth, num_classes, spacing_from=args.spacing_from,
                                         label_values=values)
-    except MonaError as error:
-        if values is None and "label values must lie in" in str(error):
+    except LabelRangeError as error:
+        if values is None:
             raise MonaError(f"{error}; masks in other values (e.g. 0/255) are read with --label-values 0 255") \
                 from None
         raise

@@ -26,7 +26,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from mona.errors import MonaError
+from mona.errors import LabelRangeError, MonaError
 
 EXTENSIONS = (".nii.gz", ".nii", ".h5")
 DICOM_SERIES = ""  # the `split_name` extension of a folder holding one DICOM series
@@ -175,7 +175,7 @@ def check_labels(labels: np.ndarray, num_classes: int, path: str | Path | None) 
         return
     low, high = labels.min(), labels.max()
     if low < 0 or high >= num_classes:
-        raise MonaError(f"label values must lie in 0..{num_classes - 1}, found {low}..{high}", path)
+        raise LabelRangeError(f"label values must lie in 0..{num_classes - 1}, found {low}..{high}", path)
 
 
 @contextmanager

@@ -64,10 +64,16 @@ def load_weights(module: torch.nn.Module, saved: dict[str, torch.Tensor], path: 
     module.load_state_dict(saved, strict=False)
 
 
+def network_weights(state: dict[str, Any], name: str) -> dict[str, torch.Tensor]:
+    """The weights of the method's network `name` in a checkpoint (its `name.` entries, without the
+    prefix; e.g. `teacher`); empty when it keeps none."""
+    prefix = f"{name}."
+    return {key[len(prefix):]: value for key, value in state["method"].items() if key.startswith(prefix)}
+
+
 def student_weights(state: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
     """The student UNet's weights in a checkpoint (its `model.` entries, without the prefix)."""
-    prefix = "model."
-    weights = {key[len(prefix):]: value for key, value in state["method"].items() if key.startswith(prefix)}
+    weights = network_weights(state, "model")
     if not weights:
         raise MonaError("checkpoint holds no UNet weights", path)
     return weights

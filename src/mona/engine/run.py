@@ -360,9 +360,14 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "best") -> tuple[torch
                         "wrote", run_dir)
     path = run_checkpoint(run_dir, checkpoint)
     state = load_checkpoint(path)
+    return checkpoint_unet(state, student_weights(state, path), path), state
+
+
+def checkpoint_unet(state: dict, weights: dict[str, torch.Tensor], path: Path) -> UNet:
+    """A UNet of the checkpoint's class count holding `weights` (read from `path`), channels_last."""
     model = UNet(1, state["num_classes"])
-    load_weights(model, student_weights(state, path), path)
-    return model.to(memory_format=torch.channels_last), state  # ~1.5x faster convolutions on CPUs
+    load_weights(model, weights, path)
+    return model.to(memory_format=torch.channels_last)  # ~1.5x faster convolutions on CPUs
 
 
 POSTPROCESS = ("none", "val", "all")  # whose largest connected component is kept: see `postprocessed_classes`

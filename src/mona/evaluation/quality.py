@@ -52,11 +52,11 @@ from mona.augment.weak import resize_images
 from mona.config import config_from_dict
 from mona.data.io import atomic_path
 from mona.data.ssl4mis import dataset_info, load_volumes, read_h5, training_volumes
-from mona.engine.checkpoint import load_checkpoint, load_weights
+from mona.engine.checkpoint import load_checkpoint, network_weights
+from mona.engine.run import checkpoint_unet
 from mona.engine.run_folder import run_root
 from mona.errors import MonaError
 from mona.evaluation.inference import autocast, dice_per_class
-from mona.models.unet import UNet
 
 VERSION = 2
 MC_SAMPLES = 4
@@ -377,12 +377,8 @@ class QualityEstimator:
 
 def teacher_network(state: dict, path: Path, device: torch.device) -> torch.nn.Module | None:
     """The checkpoint's EMA teacher UNet (its `teacher.` entries), or None when it keeps none."""
-    weights = {key[len("teacher."):]: value for key, value in state["method"].items() if key.startswith("teacher.")}
-    if not weights:
-        return None
-    teacher = UNet(1, state["num_classes"])
-    load_weights(teacher, weights, path)
-    return teacher.to(device).to(memory_format=torch.channels_last).eval()
+    weights = network_weights(state, "teacher")
+    return checkpoint_unet(state, weights, path).to(device).eval() if weights else None
 
 
 def slice_arrays(root: Path, names: Sequence[str], num_classes: int, key: str) -> list[np.ndarray]:
