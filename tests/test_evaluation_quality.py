@@ -19,6 +19,7 @@ from mona.augment.weak import resize_images
 from mona.cli.main import main
 from mona.evaluation import quality as quality_module
 from mona.evaluation.inference import dice_per_class, predict_volume
+from mona.evaluation.postprocess import keep_largest_component
 from mona.evaluation.quality import (
     FORMS,
     PARTS,
@@ -89,6 +90,13 @@ def test_views_of_a_pointwise_network_agree_and_dropout_samples_repeat():
     assert perturbed.mc_probabilities.shape == (3, *image.shape)
     torch.testing.assert_close(perturbed.mc_probabilities.permute(1, 0, 2, 3), torch.cat(chunks))
     assert perturbed_predictions(net, image, 16, CPU, mc_samples=0).mc_probabilities is None
+    # post-processed as the mask: each map keeps only the largest component of the classes given
+    kept = perturbed_predictions(net, image, 16, CPU, teacher=teacher, mc_samples=2, batch_size=2,
+                                 largest_component=(1, 2))
+    for group, maps in found.items():
+        for raw, post in zip(maps, kept.labels[group]):
+            np.testing.assert_array_equal(post, keep_largest_component(raw, (1, 2)))
+    assert any(not np.array_equal(raw, post) for raw, post in zip(found["mc"], kept.labels["mc"]))
     assert not net.dropout.training
 
 

@@ -28,8 +28,8 @@ agreement as they are, a line on one part, ridge fits on groups of parts) it kee
 lowest leave-one-out mean absolute error over the val volumes, refits it on all of them and clips to
 [0, 1]; with fewer than `MIN_FIT` val volumes it keeps the expected Dice as it is. Fit, anatomy and
 the val parts are cached in RUN/quality_model.json, keyed by the checkpoint and the prediction
-settings. The per-voxel uncertainty is the share of the perturbed predictions whose label differs
-from the mask.
+settings. The perturbed predictions are post-processed as the mask was (a removed island is not
+disagreement); the per-voxel uncertainty is the share of them whose label differs from the mask.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -57,8 +57,9 @@ from mona.engine.run import checkpoint_unet
 from mona.engine.run_folder import run_root
 from mona.errors import MonaError
 from mona.evaluation.inference import autocast, dice_per_class
+from mona.evaluation.postprocess import keep_largest_component
 
-VERSION = 2
+VERSION = 3
 MC_SAMPLES = 4
 MIN_FIT = 6  # fewer val volumes than this: no choice of form, the expected Dice (else the scaled agreement)
 RIDGE = 1.0  # ridge penalty on standardised parts (n = 20 val volumes: a light shrinkage)
@@ -124,10 +125,12 @@ class Perturbed:
 @torch.no_grad()
 def perturbed_predictions(model: torch.nn.Module, image: np.ndarray, image_size: int, device: torch.device, *,
                           teacher: torch.nn.Module | None = None, mc_samples: int = MC_SAMPLES,
-                          batch_size: int = 32, amp: bool = False, seed: int = 0) -> Perturbed:
+                          batch_size: int = 32, amp: bool = False, seed: int = 0,
+                          largest_component: Collection[int] = ()) -> Perturbed:
     """The predictions of a (D, H, W) volume under each perturbation (`Perturbed`); the dropout samples
     are seeded by `seed` (the same for the same `batch_size`). Slices are resized as `predict_volume`
-    does, probabilities resized back."""
+    does, probabilities resized back; each label map post-processed as the mask it is set against
+    (`largest_component`: the classes that keep only their largest connected component)."""
     passes = [("tta", model, view) for view in VIEWS] + [("mc", model, None)] * mc_samples
     passes += [("teacher", teacher, None)] if teacher is not None else []
     slices = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[:, None]
@@ -151,7 +154,9 @@ def perturbed_predictions(model: torch.nn.Module, image: np.ndarray, image_size:
                 mc_chunks.append((mc_sum / mc_samples).cpu())
     labels: dict[str, list[np.ndarray]] = {}
     for (group, _, _), parts in zip(passes, chunks):
-        labels.setdefault(group, []).append(torch.cat(parts).numpy())
+        found = torch.cat(parts).numpy()
+        labels.setdefault(group, []).append(keep_largest_component(found, largest_component)
+                                            if largest_component else found)
     return Perturbed(labels, torch.cat(mc_chunks).permute(1, 0, 2, 3) if mc_chunks else None)
 
 
@@ -357,7 +362,7 @@ class QualityEstimator:
         """`case_parts` of a `mona.evaluation.predict.Segmentation` of this predictor."""
         p = self.predictor
         perturbed = perturbed_predictions(p.model, found.image, p.image_size, p.device, teacher=self.teacher,
-                                          batch_size=p.batch_size, amp=p.amp)
+                                          batch_size=p.batch_size, amp=p.amp, largest_component=p.largest_component)
         return case_parts(found.labels, found.probabilities, perturbed, self.anatomy)
 
     def score(self, volumes: Iterable, desc: str = "scoring", progress: bool = False) -> list[dict]:
