@@ -42,7 +42,7 @@ def unet_gradient(method, config: MonaConfig, data, seed: int) -> torch.Tensor:
     method.config = config
     method.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    losses = method.training_step(*batches(data, seed), 0.1, torch.Generator().manual_seed(seed))
+    losses = method.step(*batches(data, seed), 0.1, torch.Generator().manual_seed(seed))
     losses["loss"].backward()
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
                       for p in method.model.parameters()])
@@ -64,7 +64,7 @@ def warm_up(method, base: MonaConfig, data, steps: int) -> None:
     method.config = base
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     for step in range(steps):
-        losses = method.training_step(*batches(data, 1000 + step), 0.1, torch.Generator().manual_seed(step))
+        losses = method.step(*batches(data, 1000 + step), 0.1, torch.Generator().manual_seed(step))
         optimizer.zero_grad()
         losses["loss"].backward()
         optimizer.step()

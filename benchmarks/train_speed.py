@@ -92,7 +92,7 @@ def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, am
             torch.cuda.synchronize()
         tick = time.perf_counter()
         with autocast(device, amp):
-            losses = method.training_step(labeled, unlabeled, step / (warmup + steps), generator)
+            losses = method.step(labeled, unlabeled, step / (warmup + steps), generator)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()

@@ -33,8 +33,8 @@ def test_every_registered_method_declares_stages_that_train(name, random_batches
         torch.manual_seed(0)
         method = stage.build(4)
         assert isinstance(method, Method) and method.model.head.out_channels == 4
-        losses = method.training_step(labeled, unlabeled if method.uses_unlabeled else None, 0.5,
-                                      torch.Generator().manual_seed(0))
+        losses = method.step(labeled, unlabeled if method.uses_unlabeled else None, 0.5,
+                             torch.Generator().manual_seed(0))
         assert "loss" in losses and all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
         losses["loss"].backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.model.parameters())
@@ -90,8 +90,10 @@ def two_steps(name, device, wrap_step=contextlib.nullcontext):
             labeled = {"image": torch.rand(stage.batch_labeled, 1, 32, 32, generator=g).to(device),
                        "label": torch.randint(0, 4, (stage.batch_labeled, 32, 32), generator=g).to(device)}
             unlabeled = {"image": torch.rand(stage.batch_unlabeled, 1, 32, 32, generator=g).to(device)}
+            unlabeled = unlabeled if method.uses_unlabeled else None
+            prepared = method.prepare(labeled, unlabeled, 0.5, g)  # on the host, before the step, as the engine does
             with wrap_step():
-                losses = method.training_step(labeled, unlabeled if method.uses_unlabeled else None, 0.5, g)
+                losses = method.training_step(labeled, unlabeled, 0.5, prepared)
             losses["loss"].backward()
 
 
@@ -152,24 +154,42 @@ def test_the_host_read_check_tells_host_draws_from_device_reads(host_reads):
     assert [found.split()[0] for found in reads.found] == ["__bool__", "tolist", "__getitem__"]
 
 
-def test_a_compiled_step_gives_the_eager_losses():
-    """`train.compile` compiles `training_step`: the same losses and gradients as eager. Dynamo with AOT
-    autograd and eager kernels ("aot_eager"): Inductor's code generation took 150 s for this step on a
-    busy 2-core CPU, too long for the suite; on a GPU, benchmarks/train_speed.py --compile times it."""
-    (stage,) = method_stages(load_config([], ["method=mean_teacher", "data.image_size=16"]))
+@pytest.mark.parametrize("name", ["supervised", "mean_teacher"])
+def test_a_compiled_step_is_one_graph_with_the_eager_losses(name):
+    """`train.compile` compiles `training_step`. With its draws and ramp weight prepared on the host
+    (`Method.prepare`), a supervised or mean-teacher step is one graph (`fullgraph=True` fails on a
+    break), compiled once for steps at different progress, with the eager losses and gradients.
+    Dynamo with AOT autograd and eager kernels ("aot_eager"): Inductor's code generation took 150 s
+    for a step on a busy 2-core CPU, too long for the suite; on a GPU, benchmarks/train_speed.py
+    --compile times it."""
+    from torch._dynamo.utils import counters
+
+    (stage,) = method_stages(load_config([], [f"method={name}", "data.image_size=16"]))
     results = []
     for compiled in (False, True):
         torch.manual_seed(0)
+        torch._dynamo.reset()
+        counters.clear()
         method = stage.build(4)
-        step = torch.compile(method.training_step, backend="aot_eager") if compiled else method.training_step
+        step = (torch.compile(method.training_step, backend="aot_eager", fullgraph=True) if compiled
+                else method.training_step)
         g = torch.Generator().manual_seed(0)
-        labeled = {"image": torch.rand(2, 1, 16, 16, generator=g),
-                   "label": torch.randint(0, 4, (2, 16, 16), generator=g)}
-        losses = step(labeled, {"image": torch.rand(2, 1, 16, 16, generator=g)}, 0.5, torch.Generator().manual_seed(1))
-        losses["loss"].backward()
-        results.append(({key: value.detach() for key, value in losses.items()}, method.model.head.weight.grad))
-    (eager, eager_grad), (compiled, compiled_grad) = results
-    assert eager.keys() == compiled.keys() and eager["consistency"] > 0
-    for key in eager:
-        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
+        steps = []
+        for progress in (0.0, 0.1, 0.7):
+            labeled = {"image": torch.rand(2, 1, 16, 16, generator=g),
+                       "label": torch.randint(0, 4, (2, 16, 16), generator=g)}
+            unlabeled = {"image": torch.rand(2, 1, 16, 16, generator=g)}
+            prepared = method.prepare(labeled, unlabeled, progress, torch.Generator().manual_seed(1))
+            losses = step(labeled, unlabeled, progress, prepared)
+            losses["loss"].backward()
+            steps.append(({key: value.detach() for key, value in losses.items()}, method.model.head.weight.grad))
+        results.append(steps)
+        if compiled:
+            assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
+    for (eager, eager_grad), (compiled, compiled_grad) in zip(*results):
+        assert eager.keys() == compiled.keys()
+        for key in eager:
+            torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
+    if name == "mean_teacher":
+        assert results[0][-1][0]["consistency"] > 0

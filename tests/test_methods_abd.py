@@ -40,7 +40,7 @@ def test_abd_wiring(fixed_views, stub_net):
     generator = torch.Generator().manual_seed(0)
     image, image_u = (torch.rand(4, 1, SIZE, SIZE, generator=generator) for _ in range(2))
     label = torch.randint(0, 4, (4, SIZE, SIZE), generator=generator)
-    losses = method.training_step({"image": image, "label": label}, {"image": image_u}, 0.0,
+    losses = method.step({"image": image, "label": label}, {"image": image_u}, 0.0,
                                   torch.Generator().manual_seed(5))
     adaptive = torch.rand(4, generator=torch.Generator().manual_seed(5)) < 0.5
 

@@ -35,7 +35,7 @@ def test_pretrain_pastes_b_into_a_and_scores_each_region_with_its_own_label(fixe
     method = BCPPretrain(4)
     method.model = stub_net(0)
     labeled, _ = batches()
-    losses = method.training_step(labeled, None, 0.0, torch.Generator().manual_seed(0))
+    losses = method.step(labeled, None, 0.0, torch.Generator().manual_seed(0))
     (seen, training), = method.model.calls
     image, label = labeled["image"], labeled["label"]
     assert torch.equal(seen, torch.where(BOX, image[2:], image[:2]))  # a outside the box, b's crop inside
@@ -47,7 +47,7 @@ def test_selftrain_wiring(fixed_views, stub_net):
     method = BCPSelfTrain(4, ema=0.99, unlabeled_weight=0.5)
     method.model, method.teacher = stub_net(0), stub_net(1)
     labeled, unlabeled = batches(1)
-    losses = method.training_step(labeled, unlabeled, 0.0, torch.Generator().manual_seed(0))
+    losses = method.step(labeled, unlabeled, 0.0, torch.Generator().manual_seed(0))
     image, label, image_u = labeled["image"], labeled["label"], unlabeled["image"]
     # the teacher pseudo-labels the two unlabeled halves, one forward each
     assert [tuple(call[0].shape) for call in method.teacher.calls] == [(2, 1, SIZE, SIZE)] * 2

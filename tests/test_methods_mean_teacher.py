@@ -27,7 +27,7 @@ def test_mean_teacher_losses_and_frozen_teacher(random_batches):
         assert torch.equal(t, s) and t.data_ptr() != s.data_ptr() and not t.requires_grad
 
     labeled, unlabeled = random_batches()
-    losses = method.training_step(labeled, unlabeled, 0.5, torch.Generator().manual_seed(1))
+    losses = method.step(labeled, unlabeled, 0.5, torch.Generator().manual_seed(1))
     assert set(losses) == {"loss", "sup", "consistency"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     assert losses["consistency"] > 0  # the teacher sees noise, the student does not
@@ -57,7 +57,7 @@ def consistency_weight(method, progress, random_batches):
     """The weight of the consistency term, measured with the supervised term switched off."""
     method.seg_loss = NoLoss()
     labeled, unlabeled = random_batches(seed=2)
-    losses = method.training_step(labeled, unlabeled, progress, torch.Generator().manual_seed(3))
+    losses = method.step(labeled, unlabeled, progress, torch.Generator().manual_seed(3))
     assert losses["sup"] == 0 and losses["consistency"] > 0
     return (losses["loss"] / losses["consistency"]).item()
 
@@ -88,5 +88,5 @@ def test_mean_teacher_runs_its_teacher_on_the_unlabeled_slices_only(random_batch
     method.teacher.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
     labeled, unlabeled = random_batches(n=3)
     unlabeled = {"image": unlabeled["image"][:2]}
-    method.training_step(labeled, unlabeled, 0.5, torch.Generator().manual_seed(0))
+    method.step(labeled, unlabeled, 0.5, torch.Generator().manual_seed(0))
     assert seen == [2]

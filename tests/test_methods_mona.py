@@ -146,9 +146,9 @@ def test_pretrain_queues_fill_in_fifo_order(local_queue_size, expected_local):
     generator = torch.Generator().manual_seed(0)
     labeled = {"image": torch.rand(2, 1, 32, 32), "label": torch.randint(0, 4, (2, 32, 32))}
     unlabeled = {"image": torch.rand(2, 1, 32, 32)}
-    method.training_step(labeled, unlabeled, 0.0, generator)
+    method.step(labeled, unlabeled, 0.0, generator)
     assert len(method.global_queue) == 4 and len(method.local_queue) == expected_local  # 4 images, 16 patches
-    losses = method.training_step(labeled, unlabeled, 0.5, generator)
+    losses = method.step(labeled, unlabeled, 0.5, generator)
     losses["loss"].backward()
     assert method.global_head[0].weight.grad is not None and method.local_head[0].weight.grad is not None
     assert all(p.grad is None for p in method.teacher.parameters())
@@ -176,7 +176,7 @@ def test_rampup_scales_only_the_unlabeled_losses(progress):
     labeled = {"image": torch.rand(2, 1, 32, 32), "label": torch.randint(0, 4, (2, 32, 32))}
     unlabeled = {"image": torch.rand(2, 1, 32, 32)}
     method.nn_bank.push(torch.randn(8, config.embed_dim))
-    losses = method.training_step(labeled, unlabeled, progress, torch.Generator().manual_seed(0))
+    losses = method.step(labeled, unlabeled, progress, torch.Generator().manual_seed(0))
     extra = (config.unsup_weight * losses["unsup"] + config.contrast_weight * losses["contrast"]
              + config.eqv_weight * losses["eqv"] + config.nn_weight * losses["nn"])
     assert extra > 0

@@ -165,7 +165,7 @@ def test_unsup_and_eqv_targets_are_the_warped_pseudo_labels_and_confidences(monk
         _spy(monkeypatch, target, name, record)
     teacher_out = []
     method.teacher.register_forward_hook(lambda module, args, out: teacher_out.append(out.logits))
-    method.training_step(*_batches(), 0.0, torch.Generator().manual_seed(3))
+    method.step(*_batches(), 0.0, torch.Generator().manual_seed(3))
 
     (_, (images_l, labels_l, images_u)), = record["weak_views"]
     probs = torch.softmax(teacher_out[0].float(), dim=1)  # the teacher on the weak unlabeled view
@@ -198,7 +198,7 @@ def test_stage1_student_sees_the_unjittered_view():
     method.model.register_forward_pre_hook(lambda module, args: seen.setdefault("student", args[0]))
     method.teacher.register_forward_pre_hook(lambda module, args: seen.setdefault("teacher", args[0]))
     labeled, unlabeled = _batches(1)
-    method.training_step(labeled, unlabeled, 0.0, torch.Generator().manual_seed(5))
+    method.step(labeled, unlabeled, 0.0, torch.Generator().manual_seed(5))
 
     generator = torch.Generator().manual_seed(5)
     images_l, _, images_u = weak_views(labeled, unlabeled, generator)
@@ -217,7 +217,7 @@ def test_representation_stride_above_one_trains_at_the_coarser_grid(monkeypatch)
     _spy(monkeypatch, method, "contrast", record)
     method.nn_bank.push(torch.randn(4, config.embed_dim))
     for step in range(2):  # the first step fills the banks, the second contrasts against them
-        losses = method.training_step(*_batches(step), 0.1, torch.Generator().manual_seed(step))
+        losses = method.step(*_batches(step), 0.1, torch.Generator().manual_seed(step))
     (args, _) = record["contrast"][-1]
     student, teacher, labels, probs = args[:4]
     assert student.shape == teacher.shape == (4, config.embed_dim, 8, 8)
@@ -242,7 +242,7 @@ def test_contrast_reads_the_student_and_teacher_embeddings_the_right_way_round(m
     method.teacher.register_forward_pre_hook(lambda module, args: teacher_inputs.append(args[0]))
     student_inputs = []
     method.model.register_forward_pre_hook(lambda module, args: student_inputs.append(args[0]))
-    method.training_step(*_batches(), 0.5, torch.Generator().manual_seed(3))
+    method.step(*_batches(), 0.5, torch.Generator().manual_seed(3))
 
     (_, student_embeddings), = record["rep_head"]
     (_, teacher_all), (_, teacher_unlabeled) = record["teacher_rep_head"]
@@ -263,7 +263,7 @@ def test_stage1_queues_are_filled_from_the_teacher(monkeypatch):
     for target, name in ((method, "teacher_global_head"), (method, "teacher_local_head"), (method, "global_head"),
                          (method.global_queue, "push"), (method.local_queue, "push")):
         _spy(monkeypatch, target, name, record)
-    method.training_step(*_batches(1), 0.0, torch.Generator().manual_seed(0))
+    method.step(*_batches(1), 0.0, torch.Generator().manual_seed(0))
     (_, teacher_global), = record["teacher_global_head"]
     (_, teacher_local), = record["teacher_local_head"]
     global_push, local_push = record["push"]  # global queue first, then local

@@ -13,7 +13,7 @@ def test_supervised_losses(random_batches):
     method = Supervised(4)
     assert method.teacher is None and not method.uses_unlabeled and method.ema_pairs() == []
     labeled, _ = random_batches()
-    losses = method.training_step(labeled, None, 0.3, torch.Generator().manual_seed(0))
+    losses = method.step(labeled, None, 0.3, torch.Generator().manual_seed(0))
     assert set(losses) == {"loss", "sup"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     assert losses["loss"].requires_grad and losses["loss"] > 0

@@ -37,7 +37,7 @@ def test_unimatch_wiring(fixed_views, stub_net):
                "label": torch.randint(0, 4, (2, SIZE, SIZE), generator=generator)}
     unlabeled = {"image": torch.rand(4, 1, SIZE, SIZE, generator=generator)}  # unlabeled 2 + mix 2
     method.train()
-    losses = method.training_step(labeled, unlabeled, 0.0, generator)
+    losses = method.step(labeled, unlabeled, 0.0, generator)
     weak_u, weak_mix = quantise(unlabeled["image"]).chunk(2)
 
     mix_call, fp_call, strong_call = method.model.calls

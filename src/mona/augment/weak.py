@@ -61,10 +61,18 @@ def weak_views(
     labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor], generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weakly augmented labeled images, their labels, and unlabeled images, in one batched warp."""
+    theta = random_weak_affine(labeled["image"].shape[0] + unlabeled["image"].shape[0], generator)
+    return warp_views(theta, labeled, unlabeled)
+
+
+def warp_views(
+    theta: torch.Tensor, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`weak_views` with its affine maps drawn beforehand (labeled images first, then unlabeled)."""
     n_labeled = labeled["image"].shape[0]
     unknown = labeled["label"].new_zeros((unlabeled["image"].shape[0], *labeled["label"].shape[1:]))
-    images, labels = weak_augment(
-        torch.cat([labeled["image"], unlabeled["image"]]), torch.cat([labeled["label"], unknown]), generator
+    images, labels = warp_affine(
+        theta, torch.cat([labeled["image"], unlabeled["image"]]), torch.cat([labeled["label"], unknown])
     )
     return images[:n_labeled], labels[:n_labeled], images[n_labeled:]
 

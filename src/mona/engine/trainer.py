@@ -317,8 +317,9 @@ class Trainer:
                     generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Forward under autocast, backward (scaled for fp16), gradients averaged over ranks, one SGD step;
         returns the named losses, still on the device."""
+        prepared = self.method.prepare(labeled, unlabeled, progress, generator)  # outside a compiled step
         with autocast(self.device, self.amp, self.amp_dtype):
-            losses = step_model(labeled, unlabeled, progress, generator)
+            losses = step_model(labeled, unlabeled, progress, prepared)
         loss, optimizer, scaler = losses["loss"], self.optimizer, self.scaler
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()

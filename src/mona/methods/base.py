@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -76,14 +76,32 @@ class Method(nn.Module):
         memories = tuple(f"{name}." for name, module in self.named_modules() if isinstance(module, FeatureQueue))
         return {key: value for key, value in self.state_dict().items() if not key.startswith(memories)}
 
+    def prepare(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None, progress: float,
+                generator: torch.Generator) -> Any:
+        """What the step needs decided on the host, which the engine computes before `training_step`
+        and passes to it: by default the step's generator itself (the step draws as it goes).
+
+        A method that draws its random numbers here (tensors on the batch's device), and computes
+        here what its schedule makes of `progress`, leaves a step that `torch.compile` holds in one
+        graph: a compiled graph ends at each draw from a generator, and Python arithmetic on
+        `progress` recompiles the step (issue #48; supervised and mean teacher do so).
+        """
+        return generator
+
+    def step(self, labeled: dict[str, torch.Tensor], unlabeled: dict[str, torch.Tensor] | None, progress: float,
+             generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """`prepare` then `training_step`, as the engine runs them (for tests and benchmarks)."""
+        return self.training_step(labeled, unlabeled, progress, self.prepare(labeled, unlabeled, progress, generator))
+
     def training_step(
         self,
         labeled: dict[str, torch.Tensor],
         unlabeled: dict[str, torch.Tensor] | None,
         progress: float,
-        generator: torch.Generator,
+        prepared: Any,
     ) -> dict[str, torch.Tensor]:
-        """Named scalar losses, the total under "loss". `progress` = iteration / total."""
+        """Named scalar losses, the total under "loss". `progress` = iteration / total; `prepared` is
+        what `prepare` returned for this step."""
         raise NotImplementedError
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from mona.augment.weak import weak_views
+from mona.augment.weak import random_weak_affine, warp_views
 from mona.config import Config, MeanTeacherConfig
 from mona.losses.supervised import SupervisedSegLoss
 from mona.methods.base import Method, Stage, sigmoid_rampup
-from mona.randomness import device_generator
+from mona.randomness import device_generator, host_to_device
 
 
 class MeanTeacher(Method):
@@ -27,11 +27,21 @@ class MeanTeacher(Method):
         self.config = config
         self.seg_loss = SupervisedSegLoss()
 
-    def training_step(self, labeled, unlabeled, progress, generator):
-        images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
-        n_labeled = images_l.shape[0]
+    def prepare(self, labeled, unlabeled, progress, generator):
+        """The weak affine maps (labeled then unlabeled images) and the teacher's noise, drawn in the
+        order the step drew them before, and the consistency weight, on the batch's device."""
+        images_u = unlabeled["image"]
+        theta = random_weak_affine(labeled["image"].shape[0] + images_u.shape[0], generator)
         noise_generator = device_generator(generator, images_u.device)
-        noise = torch.randn(images_u.shape, generator=noise_generator, device=images_u.device) * self.config.noise
+        noise = torch.randn(images_u.shape, generator=noise_generator, device=images_u.device)
+        weight = torch.tensor(self.config.consistency * sigmoid_rampup(progress, self.config.rampup))
+        return {"weak": host_to_device(theta, images_u.device), "noise": noise,
+                "weight": host_to_device(weight, images_u.device)}
+
+    def training_step(self, labeled, unlabeled, progress, prepared):
+        images_l, labels_l, images_u = warp_views(prepared["weak"], labeled, unlabeled)
+        n_labeled = images_l.shape[0]
+        noise = prepared["noise"] * self.config.noise
         noise = noise.clamp(-2 * self.config.noise, 2 * self.config.noise).to(images_u.dtype)
         student_logits = self.model(torch.cat([images_l, images_u])).logits
         with torch.no_grad():
@@ -40,9 +50,8 @@ class MeanTeacher(Method):
         student_prob = torch.softmax(student_logits[n_labeled:].float(), dim=1)
         teacher_prob = torch.softmax(teacher_logits.float(), dim=1)
         consistency = torch.mean((student_prob - teacher_prob) ** 2)
-        weight = self.config.consistency * sigmoid_rampup(progress, self.config.rampup)
-        return {"loss": sup + weight * consistency, "sup": sup.detach(), "consistency": consistency.detach()}
-
+        loss = sup + prepared["weight"] * consistency
+        return {"loss": loss, "sup": sup.detach(), "consistency": consistency.detach()}
 
 def stages(config: Config) -> list[Stage]:
     """One stage in the run folder itself."""

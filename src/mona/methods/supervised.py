@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from mona.augment.weak import weak_augment
+from mona.augment.weak import random_weak_affine, warp_affine
 from mona.config import Config
 from mona.losses.supervised import SupervisedSegLoss
 from mona.methods.base import Method, Stage
+from mona.randomness import host_to_device
 
 
 class Supervised(Method):
@@ -15,8 +16,12 @@ class Supervised(Method):
         super().__init__(num_classes)
         self.seg_loss = SupervisedSegLoss()
 
-    def training_step(self, labeled, unlabeled, progress, generator):
-        image, label = weak_augment(labeled["image"], labeled["label"], generator)
+    def prepare(self, labeled, unlabeled, progress, generator):
+        """The weak affine maps, on the batch's device."""
+        return host_to_device(random_weak_affine(labeled["image"].shape[0], generator), labeled["image"].device)
+
+    def training_step(self, labeled, unlabeled, progress, prepared):
+        image, label = warp_affine(prepared, labeled["image"], labeled["label"])
         loss = self.seg_loss(self.model(image).logits, label)
         return {"loss": loss, "sup": loss.detach()}
 
