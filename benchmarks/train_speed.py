@@ -1,13 +1,16 @@
 """Seconds per iteration, images per second and peak memory of each method's training step.
 
   python benchmarks/train_speed.py --size 128 --batch 4 --device cpu [--amp | --force-bf16] [--json out.json]
-  python benchmarks/train_speed.py --size 256 --paper-batches --device cuda --amp [--compile]
+  python benchmarks/train_speed.py --size 256 --paper-batches --device cuda --amp [--compile | --compile-step]
 
 Times the engine's full step (forward, losses, backward, SGD, EMA) of every method's stages
 (MONA, BCP and ABD: stage 1 and stage 2) on random data, after warm-up steps (stage 2 with
 its hard-negative banks full, as in a real run), and prints each method's cost relative to
 mean teacher. Peak memory is `max_memory_allocated` on
-CUDA and the process's peak RSS growth on the CPU.
+CUDA and the process's peak RSS growth on the CPU. `--compile` compiles the UNets; `--compile-step`
+the whole `training_step` (its draws prepared on the host first, as the engine does), on CUDA with
+`mode="reduce-overhead"`: CUDA graphs, which replay a step that is one graph without the host
+(supervised and mean teacher; benchmarks/graph_breaks.py says which are).
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def peak_rss_mb() -> float:
 
 
 def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, amp: bool, steps: int, warmup: int,
-          representation_stride: int = 1, compile_networks: bool = False, channels_last: bool = True):
+          representation_stride: int = 1, compile_networks: bool = False, channels_last: bool = True,
+          compile_step: bool = False):
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     method, unlabeled_factor = make_method(name, 4, size, representation_stride)
@@ -73,6 +77,9 @@ def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, am
             if network is not None:
                 network.compile()
     method.train()
+    step_model = method.training_step
+    if compile_step:
+        step_model = torch.compile(step_model, mode="reduce-overhead" if device.type == "cuda" else None)
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
 
@@ -92,7 +99,8 @@ def bench(name: str, size: int, batch: tuple[int, int], device: torch.device, am
             torch.cuda.synchronize()
         tick = time.perf_counter()
         with autocast(device, amp):
-            losses = method.step(labeled, unlabeled, step / (warmup + steps), generator)
+            progress = step / (warmup + steps)
+            losses = step_model(labeled, unlabeled, progress, method.prepare(labeled, unlabeled, progress, generator))
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
@@ -127,6 +135,8 @@ def main() -> None:
                         help="time cuDNN's algorithms first (off in the trainer: no gain measured)")
     parser.add_argument("--contiguous", action="store_true", help="NCHW tensors (train.channels_last=false)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student and teacher UNets")
+    parser.add_argument("--compile-step", action="store_true",
+                        help="torch.compile the whole training step (CUDA graphs on CUDA)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     if args.threads:
@@ -140,12 +150,13 @@ def main() -> None:
     for name in args.methods.split(","):
         batch = PAPER_BATCHES[name] if args.paper_batches else (args.batch, args.batch)
         rows.append(bench(name, args.size, batch, device, amp, args.steps, args.warmup, args.representation_stride,
-                          args.compile, not args.contiguous))
+                          args.compile, not args.contiguous, args.compile_step))
     reference = next((r["sec_per_iter"] for r in rows if r["method"] == "mean_teacher"), None)
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"{hardware}, {torch.get_num_threads()} threads, {args.size}x{args.size}, amp={amp}, "
           f"representation stride {args.representation_stride}, cudnn.benchmark={torch.backends.cudnn.benchmark}, "
-          f"compile={args.compile}, {'contiguous' if args.contiguous else 'channels_last'}, "
+          f"compile={args.compile}, compile_step={args.compile_step}, "
+          f"{'contiguous' if args.contiguous else 'channels_last'}, "
           f"torch {torch.__version__}, {date.today()}")
     print(f"{'method':<15}{'batch':>7}{'s/iter':>9}{'img/s':>8}{'peak MB':>9}{'x MT':>7}")
     for row in rows:
@@ -157,7 +168,7 @@ def main() -> None:
         with open(args.json, "w") as handle:
             json.dump({"device": hardware, "size": args.size, "amp": amp, "date": str(date.today()),
                        "torch": torch.__version__, "cudnn_benchmark": torch.backends.cudnn.benchmark,
-                       "compile": args.compile, "rows": rows}, handle, indent=2)
+                       "compile": args.compile, "compile_step": args.compile_step, "rows": rows}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def test_a_compiled_step_is_one_graph_with_the_eager_losses(name):
     break), compiled once for steps at different progress, with the eager losses and gradients.
     Dynamo with AOT autograd and eager kernels ("aot_eager"): Inductor's code generation took 150 s
     for a step on a busy 2-core CPU, too long for the suite; on a GPU, benchmarks/train_speed.py
-    --compile times it."""
+    --compile-step times it."""
     from torch._dynamo.utils import counters
 
     (stage,) = method_stages(load_config([], [f"method={name}", "data.image_size=16"]))
