@@ -29,9 +29,9 @@ VELOCITY_SMOOTHING = 3.0
 """Gaussian sigma, in cells of the velocity grid, of the "rms_cells" reading."""
 
 
-def _per_sample(generator: torch.Generator, image: torch.Tensor, p: float) -> torch.Tensor:
+def _coin(generator: torch.Generator, batch: int, p: float, device: torch.device | str) -> torch.Tensor:
     """(B, 1, 1, 1) bool: which samples an op with probability `p` applies to."""
-    return (uniform(generator, (image.shape[0],), 0.0, 1.0, image.device) < p).view(-1, 1, 1, 1)
+    return (uniform(generator, (batch,), 0.0, 1.0, device) < p).view(-1, 1, 1, 1)
 
 
 def cutmix(
@@ -70,6 +70,27 @@ def cutmix(
     return mixed_image, mixed_label, mixed_confidence, box
 
 
+def draw_color_jitter(
+    generator: torch.Generator, batch: int, device: torch.device | str, p: float = 0.5, low: float = 0.75,
+    high: float = 1.25, random_order: bool = False,
+) -> dict[str, torch.Tensor | None]:
+    """`color_jitter`'s random numbers for a batch, on `device` (see there)."""
+    return {"brightness": uniform(generator, (batch,), low, high, device),
+            "contrast": uniform(generator, (batch,), low, high, device),
+            "apply": _coin(generator, batch, p, device),
+            "contrast_first": _coin(generator, batch, 0.5, device) if random_order else None}
+
+
+def apply_color_jitter(image: torch.Tensor, draws: dict[str, torch.Tensor | None]) -> torch.Tensor:
+    """`color_jitter` with its random numbers drawn beforehand (`draw_color_jitter`)."""
+    brightness, contrast = draws["brightness"], draws["contrast"]
+    jittered = adjust_contrast_with_mean_subtraction(adjust_contrast(image, brightness), contrast)
+    if draws["contrast_first"] is not None:
+        contrast_first = adjust_contrast(adjust_contrast_with_mean_subtraction(image, contrast), brightness)
+        jittered = torch.where(draws["contrast_first"], contrast_first, jittered)
+    return torch.where(draws["apply"], jittered, image)
+
+
 def color_jitter(
     image: torch.Tensor, generator: torch.Generator, p: float = 0.5, low: float = 0.75, high: float = 1.25,
     random_order: bool = False,
@@ -82,15 +103,22 @@ def color_jitter(
     first unless `random_order`, which, as torchvision's `ColorJitter` does, puts contrast first in
     half of the samples (UniMatch's and ABD's strong views). Returns a new tensor.
     """
-    batch = image.shape[0]
-    brightness = uniform(generator, (batch,), low, high, image.device)
-    contrast = uniform(generator, (batch,), low, high, image.device)
-    apply = _per_sample(generator, image, p)
-    jittered = adjust_contrast_with_mean_subtraction(adjust_contrast(image, brightness), contrast)
-    if random_order:
-        contrast_first = adjust_contrast(adjust_contrast_with_mean_subtraction(image, contrast), brightness)
-        jittered = torch.where(_per_sample(generator, image, 0.5), contrast_first, jittered)
-    return torch.where(apply, jittered, image)
+    return apply_color_jitter(image, draw_color_jitter(generator, image.shape[0], image.device, p, low, high,
+                                                       random_order))
+
+
+def draw_gaussian_blur(
+    generator: torch.Generator, batch: int, device: torch.device | str, p: float = 0.5,
+    sigma: tuple[float, float] = (0.15, 1.15),
+) -> dict[str, torch.Tensor | int]:
+    """`gaussian_blur`'s random numbers for a batch, on `device`, and its kernel size (see there)."""
+    return {"sigmas": uniform(generator, (batch, 1), sigma[0], sigma[1], device).expand(-1, 2),
+            "apply": _coin(generator, batch, p, device), "kernel": 2 * math.ceil(3 * sigma[1]) + 1}
+
+
+def apply_gaussian_blur(image: torch.Tensor, draws: dict[str, torch.Tensor | int]) -> torch.Tensor:
+    """`gaussian_blur` with its random numbers drawn beforehand (`draw_gaussian_blur`)."""
+    return torch.where(draws["apply"], gaussian_blur2d(image, draws["kernel"], draws["sigmas"]), image)
 
 
 def gaussian_blur(
@@ -101,11 +129,18 @@ def gaussian_blur(
     kornia's `gaussian_blur2d` takes a (B, 2) sigma, so the whole batch is one call; the kernel
     spans 3 sigma of the largest sigma, with reflected borders. Returns a new tensor.
     """
-    batch = image.shape[0]
-    sigmas = uniform(generator, (batch, 1), sigma[0], sigma[1], image.device).expand(-1, 2)
-    apply = _per_sample(generator, image, p)
-    kernel = 2 * math.ceil(3 * sigma[1]) + 1
-    return torch.where(apply, gaussian_blur2d(image, kernel, sigmas), image)
+    return apply_gaussian_blur(image, draw_gaussian_blur(generator, image.shape[0], image.device, p, sigma))
+
+
+def draw_photometric(generator: torch.Generator, batch: int, device: torch.device | str) -> dict[str, dict]:
+    """`photometric_view`'s random numbers for a batch, on `device`."""
+    return {"jitter": draw_color_jitter(generator, batch, device, p=0.5, low=0.8, high=1.2),
+            "blur": draw_gaussian_blur(generator, batch, device, p=0.5, sigma=(0.15, 1.15))}
+
+
+def apply_photometric(image: torch.Tensor, draws: dict[str, dict]) -> torch.Tensor:
+    """`photometric_view` with its random numbers drawn beforehand (`draw_photometric`)."""
+    return apply_gaussian_blur(apply_color_jitter(image, draws["jitter"]), draws["blur"])
 
 
 def photometric_view(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -114,8 +149,7 @@ def photometric_view(image: torch.Tensor, generator: torch.Generator) -> torch.T
 
     Returns a new tensor and never touches `image`, which stays the student's view (spec defect 4).
     """
-    jittered = color_jitter(image, generator, p=0.5, low=0.8, high=1.2)
-    return gaussian_blur(jittered, generator, p=0.5, sigma=(0.15, 1.15))
+    return apply_photometric(image, draw_photometric(generator, image.shape[0], image.device))
 
 
 def _advmorph_velocity(generator: torch.Generator, batch: int, grid: int, magnitude: float,

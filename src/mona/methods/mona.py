@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mona.augment.strong import StrongAugment, photometric_view
+from mona.augment.strong import StrongAugment, apply_photometric, draw_photometric, photometric_view
 from mona.augment.warp import random_equivariance_warp
-from mona.augment.weak import resize_images, resize_labels, weak_views
+from mona.augment.weak import random_weak_affine, resize_images, resize_labels, warp_views, weak_views
 from mona.config import Config, MonaConfig
 from mona.losses import (
     AnatomicalContrastLoss,
@@ -36,6 +36,7 @@ from mona.losses import (
 from mona.methods.base import Method, Stage, frozen_copy, sigmoid_rampup
 from mona.models.heads import LocalHead, ProjectionMLP, RepresentationHead
 from mona.models.unet import frozen_batchnorm_statistics
+from mona.randomness import host_to_device
 
 
 class MonaPretrain(Method):
@@ -81,10 +82,16 @@ class MonaPretrain(Method):
             embedding = predictor(embedding)
         return embedding.flatten(1)
 
-    def training_step(self, labeled, unlabeled, progress, generator):
-        images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
+    def prepare(self, labeled, unlabeled, progress, generator):
+        """The weak affine maps and the teacher view's photometric draws, on the batch's device."""
+        batch, device = labeled["image"].shape[0] + unlabeled["image"].shape[0], labeled["image"].device
+        theta = random_weak_affine(batch, generator)
+        return {"weak": host_to_device(theta, device), "photometric": draw_photometric(generator, batch, device)}
+
+    def training_step(self, labeled, unlabeled, progress, prepared):
+        images_l, labels_l, images_u = warp_views(prepared["weak"], labeled, unlabeled)
         student_view = torch.cat([images_l, images_u])
-        teacher_view = photometric_view(student_view, generator)
+        teacher_view = apply_photometric(student_view, prepared["photometric"])
         student = self.model(student_view)
         with torch.no_grad():
             teacher = self.teacher(teacher_view)
