@@ -7,8 +7,8 @@
 #      MONA stages 1 and 2, UniMatch, BCP and ABD stages 1 and 2) at 256x256 with the paper's batches in
 #      bf16, then at 128x128 with 4+4 (cpu-small's shape);
 #   4. kernel profiles of a MONA stage-2 and a mean-teacher step (benchmarks/profile_step.py);
-#   5. with the time left, supervised, mean teacher and MONA stage 1 with their whole step compiled into CUDA graphs
-#      (train_speed.py --compile-step: mode="reduce-overhead"; the three steps are one graph each).
+#   5. with the time left, supervised, mean teacher, MONA stage 1 and UniMatch, each step compiled whole
+#      into CUDA graphs (train_speed.py --compile-step: mode="reduce-overhead"; each step is one graph).
 # Each part has its own time limit and the script goes on when one fails or times out; a part that
 # did not finish says so in summary.txt. Everything goes to docs/results/gpu-DATE/ (or OUT_DIR):
 # environment.txt, cuda_tests.txt, bench_256_paper.json, bench_128_4.json, profile.txt, summary.txt.
@@ -52,8 +52,9 @@ part 90 "profiles" bash -c "{ $py -m benchmarks.profile_step --device $device --
   > '$out/profile.txt' 2>&1"
 left=$(( total_seconds - ($(date +%s) - start) ))
 if [ "$left" -gt 40 ]; then
-  part "$left" "compiled steps, supervised, mean teacher, MONA stage 1" "${speed[@]}" --size "$size" --paper-batches \
-    --methods supervised,mean_teacher,mona_pretrain --compile-step --json "$out/bench_${size}_paper_compile_step.json"
+  part "$left" "compiled steps, supervised, mean teacher, MONA stage 1, UniMatch" "${speed[@]}" --size "$size" \
+    --paper-batches --methods supervised,mean_teacher,mona_pretrain,unimatch --compile-step \
+    --json "$out/bench_${size}_paper_compile_step.json"
 else
   echo "compiled steps: skipped, ${left} s left" | tee -a "$summary"
 fi

@@ -98,12 +98,17 @@ def stub_net():
 
 @pytest.fixture
 def without_weak_augmentation(monkeypatch):
-    """`without_weak_augmentation(module)`: the method module's `weak_views` (and `weak_augment`, where
-    it imports one) return their inputs, so a wiring test can follow every pixel."""
+    """`without_weak_augmentation(module)`: the method module's `weak_views` or `warp_views` (and
+    `weak_augment`, where it imports one) return their inputs, so a wiring test can follow every pixel."""
 
     def patch(module):
-        monkeypatch.setattr(module, "weak_views", lambda labeled, unlabeled, generator: (
-            labeled["image"], labeled["label"], unlabeled["image"]))
+        def unchanged(labeled, unlabeled):
+            return labeled["image"], labeled["label"], unlabeled["image"]
+
+        if hasattr(module, "weak_views"):
+            monkeypatch.setattr(module, "weak_views", lambda labeled, unlabeled, _: unchanged(labeled, unlabeled))
+        if hasattr(module, "warp_views"):  # its affine maps drawn in the method's `prepare`
+            monkeypatch.setattr(module, "warp_views", lambda _, labeled, unlabeled: unchanged(labeled, unlabeled))
         if hasattr(module, "weak_augment"):
             monkeypatch.setattr(module, "weak_augment", lambda image, label, generator: (image, label))
 

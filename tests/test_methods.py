@@ -154,10 +154,10 @@ def test_the_host_read_check_tells_host_draws_from_device_reads(host_reads):
     assert [found.split()[0] for found in reads.found] == ["__bool__", "tolist", "__getitem__"]
 
 
-@pytest.mark.parametrize("name, graphs", [("supervised", 1), ("mean_teacher", 1), ("mona", 2)])
+@pytest.mark.parametrize("name, graphs", [("supervised", 1), ("mean_teacher", 1), ("mona", 2), ("unimatch", 1)])
 def test_a_compiled_step_is_one_graph_with_the_eager_losses(name, graphs):
     """`train.compile` compiles `training_step`. With its draws and ramp weight prepared on the host
-    (`Method.prepare`), a supervised, mean-teacher or MONA stage-1 step is one graph (`fullgraph=True`
+    (`Method.prepare`), a supervised, mean-teacher, MONA stage-1 or UniMatch step is one graph (`fullgraph=True`
     fails on a break), compiled once for steps at different progress (MONA's stage 1 once more when
     its queues have filled: their length is a shape), with the eager losses and gradients.
     Dynamo with AOT autograd and eager kernels ("aot_eager"): Inductor's code generation took 150 s

@@ -18,7 +18,7 @@ SIZE = 16
 def fixed_views(monkeypatch, without_weak_augmentation):
     """No weak augmentation, a strong view 1 - x, and two known box sets."""
     without_weak_augmentation(unimatch_module)
-    monkeypatch.setattr(unimatch_module, "unimatch_strong_view", lambda image, generator: 1 - image)
+    monkeypatch.setattr(unimatch_module, "apply_unimatch_strong", lambda image, draws: 1 - image)
     boxes = [torch.zeros(2, SIZE, SIZE, dtype=torch.bool) for _ in range(2)]
     boxes[0][0, 2:9, 3:12] = True
     boxes[1][1, 5:15, 0:6] = True

@@ -25,12 +25,13 @@ from __future__ import annotations
 import torch
 
 from mona.augment.boxes import paste, random_boxes
-from mona.augment.strong import color_jitter, gaussian_blur
-from mona.augment.weak import weak_views
+from mona.augment.strong import apply_color_jitter, apply_gaussian_blur, draw_color_jitter, draw_gaussian_blur
+from mona.augment.weak import random_weak_affine, warp_views
 from mona.config import Config, UniMatchConfig
 from mona.losses.masked_dice import MaskedDiceLoss
 from mona.losses.supervised import SupervisedSegLoss
 from mona.methods.base import Method, Stage
+from mona.randomness import host_to_device
 
 
 def quantise(image: torch.Tensor) -> torch.Tensor:
@@ -38,12 +39,22 @@ def quantise(image: torch.Tensor) -> torch.Tensor:
     return torch.floor(image * 255) / 255
 
 
+def draw_unimatch_strong(generator: torch.Generator, batch: int, device: torch.device | str) -> dict[str, dict]:
+    """`unimatch_strong_view`'s random numbers for a batch, on `device`."""
+    return {"jitter": draw_color_jitter(generator, batch, device, p=0.8, low=0.5, high=1.5, random_order=True),
+            "blur": draw_gaussian_blur(generator, batch, device, p=0.5, sigma=(0.1, 2.0))}
+
+
+def apply_unimatch_strong(image: torch.Tensor, draws: dict[str, dict]) -> torch.Tensor:
+    """`unimatch_strong_view` with its random numbers drawn beforehand (`draw_unimatch_strong`)."""
+    return quantise(apply_gaussian_blur(quantise(apply_color_jitter(image, draws["jitter"])), draws["blur"]))
+
+
 def unimatch_strong_view(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """UniMatch's strong view of quantised slices (B, 1, H, W): jitter p 0.8 (brightness and contrast
     U(0.5, 1.5), random order; its saturation and hue leave grey images as they are), then blur p 0.5
     (sigma U(0.1, 2.0)), each result quantised again as PIL keeps 8 bits."""
-    jittered = quantise(color_jitter(image, generator, p=0.8, low=0.5, high=1.5, random_order=True))
-    return quantise(gaussian_blur(jittered, generator, p=0.5, sigma=(0.1, 2.0)))
+    return apply_unimatch_strong(image, draw_unimatch_strong(generator, image.shape[0], image.device))
 
 
 class UniMatch(Method):
@@ -59,17 +70,25 @@ class UniMatch(Method):
         self.sup_loss = SupervisedSegLoss(ce_weight=0.5, dice_weight=0.5)
         self.dice = MaskedDiceLoss(smooth=1e-5)
 
-    def training_step(self, labeled, unlabeled, progress, generator):
+    def prepare(self, labeled, unlabeled, progress, generator):
+        """The weak affine maps, the strong views' draws (the unlabeled batch twice, then the mix batch
+        twice) and the two CutMix box sets, on the batch's device, in the order UniMatch's step uses them."""
+        n_labeled, n_all_u = labeled["image"].shape[0], unlabeled["image"].shape[0]
+        device, size = unlabeled["image"].device, tuple(unlabeled["image"].shape[-2:])
+        theta = random_weak_affine(n_labeled + n_all_u, generator)
+        strong = draw_unimatch_strong(generator, 2 * n_all_u, device)
+        boxes = [random_boxes(n_all_u // 2, size, generator, p=0.5, device=device) for _ in range(2)]
+        return {"weak": host_to_device(theta, device), "strong": strong, "boxes": boxes}
+
+    def training_step(self, labeled, unlabeled, progress, prepared):
         cfg = self.config
-        images_l, labels_l, images_all_u = weak_views(labeled, unlabeled, generator)
+        images_l, labels_l, images_all_u = warp_views(prepared["weak"], labeled, unlabeled)
         images_all_u = quantise(images_all_u)
         images_u, images_mix = images_all_u.chunk(2)  # the stage draws both unlabeled batches at once
-        n_labeled, n_unlabeled = images_l.shape[0], images_u.shape[0]
-        strong = unimatch_strong_view(torch.cat([images_u, images_u, images_mix, images_mix]), generator)
+        n_labeled = images_l.shape[0]
+        strong = apply_unimatch_strong(torch.cat([images_u, images_u, images_mix, images_mix]), prepared["strong"])
         strong_1, strong_2, strong_mix_1, strong_mix_2 = strong.chunk(4)
-        size = tuple(images_u.shape[-2:])
-        box_1 = random_boxes(n_unlabeled, size, generator, p=0.5, device=images_u.device)
-        box_2 = random_boxes(n_unlabeled, size, generator, p=0.5, device=images_u.device)
+        box_1, box_2 = prepared["boxes"]
 
         self.model.eval()
         with torch.no_grad():
