@@ -60,14 +60,14 @@ def random_boxes(batch: int, size: tuple[int, int], generator: torch.Generator, 
             continue
         box_area = _draw(generator, *area) * height * width
         while True:
-            if redraw_area:
-                box_area = _draw(generator, *area) * height * width
             aspect = _draw(generator, *ratio)
             box_w, box_h = int(math.sqrt(box_area / aspect)), int(math.sqrt(box_area * aspect))
             left = int(torch.randint(0, width, (1,), generator=generator))
             top = int(torch.randint(0, height, (1,), generator=generator))
             if left + box_w <= width and top + box_h <= height:
                 break
+            if redraw_area:
+                box_area = _draw(generator, *area) * height * width
         masks[index] = _box_mask(height, width, top, left, box_h, box_w)
     return host_to_device(masks, device)
 
