@@ -28,7 +28,8 @@ from mona.config import config_from_dict
 from mona.data.ssl4mis import dataset_info, load_volumes
 from mona.errors import MonaError
 from mona.evaluation.predict import load_predictor
-from mona.evaluation.quality import QualityModel, describe, load_quality_estimator, spearman, write_rows
+from mona.evaluation.quality import QualityModel, describe, load_quality_estimator, spearman
+from mona.evaluation.report import write_csv
 
 
 def worst_overlap(estimate, truth, k: int) -> int:
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:28s} {rho:+8.3f} {mae:6.3f}  {overlap:3d}/{k}")
     print(f"  {'val mean Dice (constant)':28s} {'':8s} {np.mean(np.abs(np.mean(val_dice) - np.array(dice))):6.3f}")
     if args.csv:
-        write_rows(sorted(rows, key=lambda row: row["dice"]), args.csv)
+        write_csv(sorted(rows, key=lambda row: row["dice"]), args.csv, columns=None, decimals=4)
     return 0
 
 

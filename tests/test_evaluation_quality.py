@@ -32,8 +32,8 @@ from mona.evaluation.quality import (
     case_parts,
     dropout_on,
     perturbed_predictions,
-    write_rows,
 )
+from mona.evaluation.report import write_csv
 from test_experiments_html import CHROMIUM, chromium
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -165,7 +165,8 @@ def test_the_form_with_the_lowest_leave_one_out_error_is_kept_and_the_estimate_c
 
 
 def test_rows_round_trip_through_csv(tmp_path):
-    write_rows([{"case": "a,b", "quality": 0.123456}, {"case": "c", "quality": 1.0, "dice": 0.5}], tmp_path / "q.csv")
+    write_csv([{"case": "a,b", "quality": 0.123456}, {"case": "c", "quality": 1.0, "dice": 0.5}], tmp_path / "q.csv",
+              columns=None, decimals=4)
     assert list(csv.DictReader(open(tmp_path / "q.csv"))) == [
         {"case": "a,b", "quality": "0.1235", "dice": ""}, {"case": "c", "quality": "1.0000", "dice": "0.5000"}]
 

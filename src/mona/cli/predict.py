@@ -52,7 +52,7 @@ from mona.engine.run_folder import run_root, unfinished_stages
 from mona.errors import MonaError
 from mona.evaluation.case_page import write_case_page
 from mona.evaluation.predict import FORMATS, find_inputs, inference_amp, load_predictor, predict_cases
-from mona.evaluation.quality import describe, load_quality_estimator, write_rows
+from mona.evaluation.quality import describe, load_quality_estimator
 from mona.evaluation.report import format_table, summarize, write_csv, write_json
 
 
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_quality(results: list, args: argparse.Namespace, predictor) -> None:
     """OUT/quality.csv and, with --report, OUT/index.html, worst case first."""
-    write_rows([result.quality for result in results], args.out / "quality.csv")
+    write_csv([result.quality for result in results], args.out / "quality.csv", columns=None, decimals=4)
     worst = ", ".join(f"{r.name} {r.quality['quality']:.2f}" for r in results[:3])
     print(f"expected Dice per case -> {args.out / 'quality.csv'} (worst: {worst}); uncertainty maps -> "
           f"{args.out / 'uncertainty'}")

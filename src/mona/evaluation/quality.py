@@ -34,7 +34,6 @@ disagreement); the per-voxel uncertainty is the share of them whose label differ
 
 from __future__ import annotations
 
-import csv
 import json
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -448,13 +447,3 @@ def describe(estimator: QualityEstimator) -> str:
     score = model.forms[model.form]
     return (f"quality estimate: {model.form} ({teacher} teacher), chosen on {count} val volumes: leave-one-out "
             f"MAE {score['loo_mae']:.3f}, Spearman {score['loo_spearman']:.2f}")
-
-
-def write_rows(rows: Sequence[dict], path: str | Path) -> None:
-    """Rows as CSV (columns in order of first appearance, floats to 4 decimals), written atomically."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows({key: f"{value:.4f}" if isinstance(value, float) else value for key, value in row.items()}
-                         for row in rows)

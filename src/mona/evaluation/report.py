@@ -58,12 +58,20 @@ def summarize(rows: Sequence[dict], class_names: Sequence[str] | None = None) ->
     }
 
 
-def write_csv(rows: Sequence[dict], path: str | Path) -> None:
-    """One line per (case, class), columns `COLUMNS`; written atomically."""
+def write_csv(rows: Sequence[dict], path: str | Path, columns: Sequence[str] | None = COLUMNS,
+              decimals: int | None = None) -> None:
+    """Rows as CSV, written atomically: by default the metrics' rows (one line per case and class,
+    columns `COLUMNS`); `columns=None` takes every key in order of first appearance, `decimals`
+    rounds floats for reading (the quality estimate's and suggest's tables)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row)) if columns is None else list(columns)
+
+    def cell(value):
+        return f"{value:.{decimals}f}" if decimals is not None and isinstance(value, float) else value
+
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({key: row[key] for key in COLUMNS} for row in rows)
+        writer.writerows({key: cell(row.get(key, "")) for key in columns} for row in rows)
 
 
 def write_json(summary: dict, path: str | Path) -> None:

@@ -22,7 +22,8 @@ from mona.data.ssl4mis import dataset_info, patient_of, training_volumes
 from mona.errors import MonaError
 from mona.evaluation.case_page import case_browser, write_case_page
 from mona.evaluation.predict import load_predictor
-from mona.evaluation.quality import describe, load_quality_estimator, slice_arrays, write_rows
+from mona.evaluation.quality import describe, load_quality_estimator, slice_arrays
+from mona.evaluation.report import write_csv
 
 
 def diverse_order(rows: list[dict]) -> list[dict]:
@@ -69,7 +70,8 @@ def suggest(run_dir: str | Path, out: str | Path, count: int = 10, device: str =
             for case in tqdm(candidates, desc="assessing", unit="case", disable=not progress, leave=False)]
     ranked = [{"rank": rank, "patient": patient_of(row["case"]), **row}
               for rank, row in enumerate(diverse_order(rows)[:count], start=1)]
-    write_rows([{"rank": r["rank"], "case": r["case"], **r} for r in ranked], out / "suggest.csv")
+    write_csv([{"rank": r["rank"], "case": r["case"], **r} for r in ranked], out / "suggest.csv", columns=None,
+              decimals=4)
     browsers = {}
     for row in ranked:  # predicted again: keeping every case's volumes would not fit in memory on large sets
         found = segment(row["case"])
