@@ -98,8 +98,9 @@ def stub_net():
 
 @pytest.fixture
 def without_weak_augmentation(monkeypatch):
-    """`without_weak_augmentation(module)`: the method module's `weak_views` or `warp_views` (and
-    `weak_augment`, where it imports one) return their inputs, so a wiring test can follow every pixel."""
+    """`without_weak_augmentation(module)`: the method module's weak augmentation (`weak_views`,
+    `weak_augment`, or `warp_views` and `warp_affine`, whose affine maps the method's `prepare` drew),
+    whichever it imports, returns its inputs, so a wiring test can follow every pixel."""
 
     def patch(module):
         def unchanged(labeled, unlabeled):
@@ -107,10 +108,12 @@ def without_weak_augmentation(monkeypatch):
 
         if hasattr(module, "weak_views"):
             monkeypatch.setattr(module, "weak_views", lambda labeled, unlabeled, _: unchanged(labeled, unlabeled))
-        if hasattr(module, "warp_views"):  # its affine maps drawn in the method's `prepare`
+        if hasattr(module, "warp_views"):
             monkeypatch.setattr(module, "warp_views", lambda _, labeled, unlabeled: unchanged(labeled, unlabeled))
         if hasattr(module, "weak_augment"):
             monkeypatch.setattr(module, "weak_augment", lambda image, label, generator: (image, label))
+        if hasattr(module, "warp_affine"):
+            monkeypatch.setattr(module, "warp_affine", lambda theta, image, label: (image, label))
 
     return patch
 

@@ -24,7 +24,10 @@ CUTOUT[0:5, 0:6] = True
 @pytest.fixture
 def fixed_views(monkeypatch, without_weak_augmentation):
     without_weak_augmentation(abd_module)
-    monkeypatch.setattr(abd_module, "abd_strong_view", lambda images, labels, generator, p, jitter: (
+    # no draws but the displacement's coins, which come first from the step's generator
+    monkeypatch.setattr(abd_module, "random_weak_affine", lambda batch, generator: torch.zeros(batch, 2, 3))
+    monkeypatch.setattr(abd_module, "draw_abd_strong", lambda *args: None)
+    monkeypatch.setattr(abd_module, "apply_abd_strong", lambda images, labels, draws: (
         1 - images, torch.where(CUTOUT, 0, labels)))
     monkeypatch.setattr(abd_module, "copy_paste_box", lambda size, generator, fraction, device: BOX)
 

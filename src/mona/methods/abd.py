@@ -24,8 +24,8 @@ import torch
 
 from mona.augment.boxes import copy_paste_box, paste, random_boxes
 from mona.augment.displacement import adaptive_bidirectional_displacement
-from mona.augment.strong import color_jitter
-from mona.augment.weak import weak_views
+from mona.augment.strong import apply_color_jitter, draw_color_jitter
+from mona.augment.weak import random_weak_affine, warp_views
 from mona.config import ABDConfig, Config
 from mona.losses.copy_paste import CopyPasteLoss
 from mona.losses.masked_dice import MaskedDiceLoss
@@ -35,19 +35,30 @@ from mona.models.unet import UNet
 from mona.randomness import device_generator, host_to_device
 
 
+def draw_abd_strong(generator: torch.Generator, shape: tuple[int, ...], device: torch.device | str,
+                    cutout_probability: float = 0.5, jitter: float = 0.8) -> dict:
+    """`abd_strong_view`'s random numbers for a batch of images of `shape`, on `device`."""
+    batch, size = shape[0], tuple(shape[-2:])
+    return {"box": random_boxes(batch, size, generator, p=cutout_probability, redraw_area=True, device=device),
+            "noise": torch.randint(0, 2, shape, generator=device_generator(generator, device), device=device),
+            "jitter": draw_color_jitter(generator, batch, device, p=1.0, low=1 - jitter, high=1 + jitter,
+                                        random_order=True)}
+
+
+def apply_abd_strong(images: torch.Tensor, labels: torch.Tensor, draws: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """`abd_strong_view` with its random numbers drawn beforehand (`draw_abd_strong`)."""
+    cut = paste(images, draws["noise"].to(images.dtype), draws["box"])
+    return apply_color_jitter(cut, draws["jitter"]), torch.where(draws["box"], torch.zeros_like(labels), labels)
+
+
 def abd_strong_view(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
                     cutout_probability: float = 0.5, jitter: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
     """ABD's strong view (dataset.py L110-L136, L101-L108, L180-L181) of (B, 1, H, W) images and their
     (B, H, W) labels: with probability `cutout_probability` a box (area U(0.02, 0.4), ratio
     U(0.3, 1/0.3)) filled with random 0/1 pixels and labelled background; then, always, brightness
     and contrast factors U(1 - jitter, 1 + jitter) in random order."""
-    box = random_boxes(images.shape[0], tuple(images.shape[-2:]), generator, p=cutout_probability,
-                       redraw_area=True, device=images.device)
-    noise = torch.randint(0, 2, images.shape, generator=device_generator(generator, images.device),
-                          device=images.device).to(images.dtype)
-    cut = paste(images, noise, box)
-    return color_jitter(cut, generator, p=1.0, low=1 - jitter, high=1 + jitter, random_order=True), \
-        torch.where(box, torch.zeros_like(labels), labels)
+    draws = draw_abd_strong(generator, tuple(images.shape), images.device, cutout_probability, jitter)
+    return apply_abd_strong(images, labels, draws)
 
 
 class ABDSelfTrain(Method):
@@ -69,15 +80,28 @@ class ABDSelfTrain(Method):
         super().start_from(student, load)
         load(self.model_2, student)
 
-    def training_step(self, labeled, unlabeled, progress, generator):
+    def prepare(self, labeled, unlabeled, progress, generator):
+        """The weak affine maps, the strong view's draws, the copy-paste box and the displacement's
+        per-image coins, on the batch's device, in the order the step drew them."""
+        cfg, image = self.config, labeled["image"]
+        batch, device = image.shape[0] + unlabeled["image"].shape[0], image.device
+        theta = random_weak_affine(batch, generator)
+        strong = draw_abd_strong(generator, (batch, *image.shape[1:]), device, cfg.cutout_probability,
+                                 cfg.jitter_strength)
+        box = copy_paste_box(tuple(image.shape[-2:]), generator, cfg.box_fraction, device)
+        mixed = 2 * (image.shape[0] // 2)  # each copy-paste pair: a's and b's mixed images
+        adaptive = host_to_device(torch.rand(mixed, generator=generator) < cfg.adaptive_probability, device)
+        return {"weak": host_to_device(theta, device), "strong": strong, "box": box, "adaptive": adaptive}
+
+    def training_step(self, labeled, unlabeled, progress, prepared):
         cfg = self.config
-        images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
+        images_l, labels_l, images_u = warp_views(prepared["weak"], labeled, unlabeled)
         n_labeled = images_l.shape[0]
         unknown = labels_l.new_zeros((images_u.shape[0], *labels_l.shape[1:]))
-        strong, strong_labels = abd_strong_view(torch.cat([images_l, images_u]), torch.cat([labels_l, unknown]),
-                                                generator, cfg.cutout_probability, cfg.jitter_strength)
+        strong, strong_labels = apply_abd_strong(torch.cat([images_l, images_u]), torch.cat([labels_l, unknown]),
+                                                 prepared["strong"])
         strong_l, strong_u, strong_labels_l = strong[:n_labeled], strong[n_labeled:], strong_labels[:n_labeled]
-        box = copy_paste_box(tuple(images_l.shape[-2:]), generator, cfg.box_fraction, images_l.device)
+        box = prepared["box"]
 
         weight = cfg.unlabeled_weight
         mixed_1, mixed_logits_1, dice_1, ce_1 = bidirectional_copy_paste(
@@ -93,10 +117,8 @@ class ABDSelfTrain(Method):
         confidence_2, pseudo_2 = probs_2.detach().max(dim=1)
         cross_1, cross_2 = self.cross_dice(probs_1, pseudo_2), self.cross_dice(probs_2, pseudo_1)
 
-        adaptive = host_to_device(torch.rand(inputs_1.shape[0], generator=generator) < cfg.adaptive_probability,
-                                  inputs_1.device)
         displaced = adaptive_bidirectional_displacement(inputs_1, inputs_2, confidence_1, confidence_2,
-                                                        logits_1.detach(), logits_2.detach(), adaptive,
+                                                        logits_1.detach(), logits_2.detach(), prepared["adaptive"],
                                                         cfg.patch_grid, cfg.top_patches)
         displaced_1 = torch.softmax(self.model(displaced).logits.float(), dim=1)
         displaced_2 = torch.softmax(self.model_2(displaced).logits.float(), dim=1)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mona.augment.boxes import copy_paste_box, paste
-from mona.augment.weak import weak_augment, weak_views
+from mona.augment.weak import random_weak_affine, warp_affine, warp_views
 from mona.config import ABDConfig, BCPConfig, Config
 from mona.evaluation.postprocess import keep_largest_component
 from mona.losses.copy_paste import CopyPasteLoss
@@ -65,10 +65,17 @@ class BCPPretrain(Method):
         self.box_fraction = box_fraction
         self.mix_loss = CopyPasteLoss(background_unmasked)
 
-    def training_step(self, labeled, unlabeled, progress, generator):
-        images, labels = weak_augment(labeled["image"], labeled["label"], generator)
+    def prepare(self, labeled, unlabeled, progress, generator):
+        """The weak affine maps and the copy-paste box, on the batch's device."""
+        image = labeled["image"]
+        theta = random_weak_affine(image.shape[0], generator)
+        box = copy_paste_box(tuple(image.shape[-2:]), generator, self.box_fraction, image.device)
+        return {"weak": host_to_device(theta, image.device), "box": box}
+
+    def training_step(self, labeled, unlabeled, progress, prepared):
+        images, labels = warp_affine(prepared["weak"], labeled["image"], labeled["label"])
         (image_a, image_b), (label_a, label_b) = halves(images), halves(labels)
-        box = copy_paste_box(tuple(images.shape[-2:]), generator, self.box_fraction, images.device)
+        box = prepared["box"]
         logits = self.model(paste(image_a, image_b, box)).logits
         dice, ce = self.mix_loss(logits, label_a, label_b, box)
         return {"loss": (dice + ce) / 2, "dice": dice.detach(), "ce": ce.detach()}
@@ -116,10 +123,17 @@ class BCPSelfTrain(Method):
                                                                             largest_component)
         self.mix_loss = CopyPasteLoss(background_unmasked)
 
-    def training_step(self, labeled, unlabeled, progress, generator):
-        images_l, labels_l, images_u = weak_views(labeled, unlabeled, generator)
+    def prepare(self, labeled, unlabeled, progress, generator):
+        """The weak affine maps (labeled then unlabeled images) and the copy-paste box, on the batch's device."""
+        image = labeled["image"]
+        theta = random_weak_affine(image.shape[0] + unlabeled["image"].shape[0], generator)
+        box = copy_paste_box(tuple(image.shape[-2:]), generator, self.box_fraction, image.device)
+        return {"weak": host_to_device(theta, image.device), "box": box}
+
+    def training_step(self, labeled, unlabeled, progress, prepared):
+        images_l, labels_l, images_u = warp_views(prepared["weak"], labeled, unlabeled)
         pseudo = teacher_pseudo_labels(self.teacher, images_u, self.largest_component)
-        box = copy_paste_box(tuple(images_l.shape[-2:]), generator, self.box_fraction, images_l.device)
+        box = prepared["box"]
         _, _, dice, ce = bidirectional_copy_paste(self.model, self.mix_loss, images_l, labels_l, images_u, pseudo,
                                                   box, self.unlabeled_weight)
         return {"loss": (dice + ce) / 2, "dice": dice.detach(), "ce": ce.detach()}
