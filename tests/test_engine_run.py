@@ -89,6 +89,25 @@ def test_a_two_stage_method_trains_its_last_stage_from_the_runs_student_and_teac
     assert "init: loaded student, teacher from" in (out / "train.log").read_text()
 
 
+def test_the_loaded_teacher_is_kept_without_the_ema_warm_up(phantom, source, tmp_path, monkeypatch):
+    """From scratch, the first EMA update copies the student into the teacher (decay 0: the warm-up);
+    from --init, the teacher is a trained one and moves at the configured decay from the first step."""
+    from mona.engine import trainer as trainer_module
+
+    decays = []
+    original = trainer_module.ema_update
+
+    def record(teacher, student, decay):
+        decays.append(decay)
+        original(teacher, student, decay)
+
+    monkeypatch.setattr(trainer_module, "ema_update", record)
+    for name, init in (("scratch", []), ("init", ["--init", str(source)])):
+        assert main(["train", "--data", str(phantom), "--out", str(tmp_path / name), "--method", "mean_teacher",
+                     *init, *TINY, "mean_teacher.ema=0.95"]) == 0
+    assert decays == [0.0, 0.95]
+
+
 def test_the_python_api_trains_on_from_a_run_and_records_its_origin(phantom, source, tmp_path, monkeypatch):
     """`mona.load_config(..., ["init=RUN"])` + `mona.train`, with both training patients labeled: the same
     code path; the origin travels in the checkpoint."""

@@ -286,6 +286,8 @@ def train(config: Config, resume: bool = False, overwrite: bool = False, continu
                 continue
             torch.manual_seed(config.train.seed + 1_000_003 * index)  # a stage's initial weights: fixed by the seed
             method = stage.build(info.num_classes)
+            if config.init:  # the teacher is a trained one (--init's, or its student's copy): the EMA warm-up
+                method.ema_warmup = False  # (decay 0 at step 0) would overwrite it with the student
             if stage.init_from and state is None:
                 path, source = _start_from(method, stage, run_dir, origin)  # origin: --init's, read once
                 if config.init:
