@@ -231,7 +231,7 @@ def test_help_names_the_defaults(capsys):
 
 def test_published_run_folders_still_load():
     """Run folders written before stages.json (docs/results/) map to the same stage folders."""
-    from mona.experiments.report import load_run
+    from mona.experiments.runs import load_run
 
     mona_run, supervised_run = PUBLISHED_GRID_RUNS / "mona_l7_s0", PUBLISHED_GRID_RUNS / "supervised_l7_s0"
     assert [p.name for p in stage_folders(mona_run)] == ["pretrain", "finetune"]

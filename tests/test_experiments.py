@@ -24,6 +24,9 @@ from mona.engine.checkpoint import load_checkpoint
 from mona.errors import MonaError, RunInterrupted
 from mona.experiments import grid
 from mona.experiments import report as report_module
+from mona.experiments import runs as runs_module
+from mona.experiments import statistics as statistics_module
+from mona.experiments import tables as tables_module
 from mona.experiments.grid import plan, record_grid, run_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -185,7 +188,7 @@ def test_paired_comparison_averages_seeds_per_volume(tmp_path):
         (run_dir / "cases.csv").write_text("case,class,dice\n" + "\n".join(rows) + "\n")
         runs.append({"variant": variant, "labeled": "3", "seed": seed, "dir": run_dir.parent})
     gains = np.mean([dice[("mona", s)].mean(axis=1) - dice[("supervised", s)].mean(axis=1) for s in (0, 1)], axis=0)
-    result = report_module.paired_comparison(runs, "mona", "supervised", "3")
+    result = statistics_module.paired_comparison(runs, "mona", "supervised", "3")
     assert result["seeds"] == [0, 1] and result["volumes"] == 6
     assert result["gain"] == pytest.approx(gains.mean())
     assert result["ahead"] == int((gains > 0).sum())
@@ -194,15 +197,15 @@ def test_paired_comparison_averages_seeds_per_volume(tmp_path):
     assert result["seed_gains"] == pytest.approx(seed_gains)
     t_statistic = np.mean(seed_gains) / (np.std(seed_gains, ddof=1) / np.sqrt(2))  # one-sample t, 1 degree of freedom
     assert result["seed_p_value"] == pytest.approx(2 * student_t.sf(abs(t_statistic), df=1))
-    assert report_module.paired_comparison(runs, "mona", "supervised", "7") is None
+    assert statistics_module.paired_comparison(runs, "mona", "supervised", "7") is None
     one_seed = [r for r in runs if r["seed"] == 0]
-    assert report_module.paired_comparison(one_seed, "mona", "supervised", "3")["seed_p_value"] is None
+    assert statistics_module.paired_comparison(one_seed, "mona", "supervised", "3")["seed_p_value"] is None
     for (variant, seed), values in dice.items():  # another evaluation folder (val) with Dice 1 - test's
         val_dir = tmp_path / f"{variant}_{seed}" / "eval_val_best"
         val_dir.mkdir()
         rows = [f"case{c},{k + 1},{1 - values[c, k]}" for c in range(6) for k in range(3)]
         (val_dir / "cases.csv").write_text("case,class,dice\n" + "\n".join(rows) + "\n")
-    on_val = report_module.paired_comparison(runs, "mona", "supervised", "3", evaluation="eval_val_best")
+    on_val = statistics_module.paired_comparison(runs, "mona", "supervised", "3", evaluation="eval_val_best")
     assert on_val["gain"] == pytest.approx(-gains.mean())
 
 
@@ -248,7 +251,7 @@ def test_report_without_runs_is_a_user_error(tmp_path):
 
 
 def test_acdc_is_recognised_without_metadata(tmp_path):
-    from mona.experiments.report import acdc_like
+    from mona.experiments.runs import acdc_like
 
     (tmp_path / "ACDC").mkdir()
     (tmp_path / "other").mkdir()
@@ -321,8 +324,8 @@ def test_results_page_says_which_targets_hold_per_seed():
     """#46.14: docs/results.md's per-seed claims are those of the published runs' test volumes: the paired
     target (ahead on >= 28 of 40, p < 0.01) holds on the seeds' mean, and at 7 patients not for seed 1."""
     docs = Path(__file__).resolve().parents[1] / "docs"
-    runs = [report_module.load_run(d) for d in sorted((docs / "results" / "acdc-cpu-small" / "runs").iterdir())]
-    per_seed = {(labeled, seed): report_module.paired_comparison([r for r in runs if r["seed"] == seed], "mona",
+    runs = [runs_module.load_run(d) for d in sorted((docs / "results" / "acdc-cpu-small" / "runs").iterdir())]
+    per_seed = {(labeled, seed): statistics_module.paired_comparison([r for r in runs if r["seed"] == seed], "mona",
                                                                  "supervised", labeled)
                 for labeled in ("1", "3", "7") for seed in (0, 1, 2)}
     assert [per_seed[("7", s)]["ahead"] for s in (0, 1, 2)] == [32, 24, 33]
@@ -369,7 +372,7 @@ def test_mona_is_on_the_left_of_its_comparisons_with_the_peers(tmp_path):
             lines = [f"case{c},{k},{dice + 0.01 * c}" for c in range(6) for k in (1, 2, 3)]
             (run_dir / "eval_test_best" / "cases.csv").write_text("case,class,dice\n" + "\n".join(lines) + "\n")
             runs.append({"variant": variant, "labeled": "3", "seed": seed, "dir": run_dir})
-    table = report_module.paired_table(runs)
+    table = tables_module.paired_table(runs)
     pairs = {(row[1], row[2]): row[5] for row in table.rows}
     assert pairs == {("mona", "supervised"): "+30.0", ("unimatch", "supervised"): "+20.0",
                      ("mona", "unimatch"): "+10.0"}

@@ -2,7 +2,7 @@
 each arm of lane.sh's runs against the grid's own MONA run of the same budget and seed (the spec's
 `foreground`; same stage 1 and the same batches). Per cell: best, last and mean val Dice over iterations
 2000-3000; per budget: paired per val volume (seeds averaged, Wilcoxon) and over seeds (t-test of the
-seeds' gains), with mona.experiments.report.paired_comparison on `eval_val_best`. Val only.
+seeds' gains), with mona.experiments.statistics.paired_comparison on `eval_val_best`. Val only.
 Usage: .venv/bin/python THIS_FILE [RUNS]; RUNS defaults to this folder's runs/ (lane.sh's runs/eqv-mask
 without weights)."""
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mona.experiments.report import paired_comparison
+from mona.experiments.statistics import paired_comparison
 
 root = Path(__file__).resolve().parents[3]
 grid = root / "docs/results/2026-12-02-acdc-cpu-small-3000/runs"

@@ -3,7 +3,7 @@ each run (lane.sh's runs/schedule/NAME_METHOD_lL_sS, or a grid's METHOD_lL_sS) a
 grid's run of the same method, budget and seed (same stage 1 for MONA). Per cell: best, last, and mean val
 Dice over the last third of the run, and that mean's gain over the grid's; per budget and method: paired per
 val volume (best checkpoints, pooled over seeds, Wilcoxon, and each seed's mean gain) with
-mona.experiments.report.paired_comparison on `eval_val_best`; and MONA's val lead over every other method
+mona.experiments.statistics.paired_comparison on `eval_val_best`; and MONA's val lead over every other method
 at each schedule. A run is labelled by its iterations. Val only.
 Usage: .venv/bin/python THIS_FILE [RUNS ...]; RUNS defaults to this folder's runs/ (lane.sh's runs/schedule
 without weights); several folders are read together, and where two hold a run of the same method, budget, seed
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mona.experiments.report import paired_comparison
+from mona.experiments.statistics import paired_comparison
 
 root = Path(__file__).resolve().parents[3]
 grid = root / "docs/results/2026-12-02-acdc-cpu-small-3000/runs"

@@ -1,12 +1,14 @@
 """What doubling cpu-small's iterations did on test: each run of this grid (6000 iterations) against the
 archived grid's run (3000 iterations, docs/results/2026-12-02-acdc-cpu-small-3000) of the same method,
-budget and seed, paired per test volume with mona.experiments.report.paired_comparison (best checkpoints).
+budget and seed, paired per test volume with mona.experiments.statistics.paired_comparison (best checkpoints).
 Read after the choice of 6000 was fixed on val (docs/results/2026-12-06-schedule-seeds); nothing is
 chosen on it. Usage: .venv/bin/python docs/results/acdc-cpu-small/against_3000.py"""
 from pathlib import Path
 
 from mona.experiments.html import Table
-from mona.experiments.report import budget_key, cell, collect, markdown, paired_comparison, variant_key
+from mona.experiments.runs import budget_key, collect, variant_key
+from mona.experiments.statistics import paired_comparison
+from mona.experiments.tables import cell, markdown
 
 here = Path(__file__).resolve().parent
 grids = {"6000": here, "3000": here.parent / "2026-12-02-acdc-cpu-small-3000"}

@@ -35,7 +35,7 @@ from mona.engine.run_folder import read_stages
 from mona.engine.trainer import precision, resolve_device
 from mona.errors import MonaError
 from mona.experiments.html import Table, learning_curves, slice_browser, write_page
-from mona.experiments.report import paired_comparison
+from mona.experiments.statistics import paired_comparison
 
 METHODS = "supervised,mean_teacher,mona"
 # Each method's learning rate, chosen on the phantom's val Dice among 0.01 (the spec's) and 0.03:
