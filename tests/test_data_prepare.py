@@ -18,10 +18,11 @@ from mona.cli import prepare as cli
 from mona.cli.main import main
 from mona.data.prepare import prepare_acdc, prepare_folder, prepare_lits, prepare_mmwhs, prepare_nnunet
 from mona.data.prepare.acdc import split_lists
-from mona.data.prepare.common import derive_volumes, percentile_window, window
 from mona.data.prepare.lits import split_lits
 from mona.data.prepare.mmwhs import split_mmwhs
 from mona.data.prepare.nnunet import split_cases
+from mona.data.prepare.normalise import percentile_window, window
+from mona.data.prepare.splitting import derive_volumes
 from mona.errors import MonaError
 
 SHARED_ACDC = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ACDC"

@@ -45,7 +45,8 @@ from mona.data.io import (
     split_name,
     write_label_volume,
 )
-from mona.data.prepare.common import h5_axes, map_labels, minmax, percentile_window, window
+from mona.data.prepare.normalise import minmax, percentile_window, window
+from mona.data.prepare.reading import h5_axes, map_labels
 from mona.engine.run import load_run_model, postprocessed_classes, run_checkpoint
 from mona.engine.run_folder import run_root, unfinished_stages
 from mona.engine.trainer import fast_bf16, resolve_device
@@ -74,7 +75,7 @@ class Layout:
     """Maps an input's `mona.data.io` array order (z, y, x) to the network's (D, H, W) and back.
 
     `ornt` (nibabel orientation, stored axes -> closest RAS) is None to keep the stored voxel
-    order; `perm` then puts the slicing axis first (`mona.data.prepare.common.h5_axes`).
+    order; `perm` then puts the slicing axis first (`mona.data.prepare.reading.h5_axes`).
     """
 
     ornt: np.ndarray | None = None

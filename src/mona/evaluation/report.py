@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from mona.data.io import EXTENSIONS, atomic_path, case_name, check_labels, read_volume
-from mona.data.prepare.common import map_labels
+from mona.data.prepare.reading import map_labels
 from mona.errors import MonaError
 from mona.evaluation.metrics import score_case
 

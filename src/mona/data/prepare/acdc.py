@@ -17,16 +17,11 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from mona.data.prepare.common import (
-    DatasetMeta,
-    Log,
-    derive_volumes,
-    fallback_split,
-    identity_labels,
-    minmax,
-    raw_folder,
-    write_dataset,
-)
+from mona.data.prepare.finding import raw_folder
+from mona.data.prepare.normalise import minmax
+from mona.data.prepare.reading import Log, identity_labels
+from mona.data.prepare.splitting import derive_volumes, fallback_split
+from mona.data.prepare.writing import DatasetMeta, write_dataset
 from mona.data.ssl4mis import patient_of, read_list
 from mona.errors import MonaError
 

@@ -22,18 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mona.data.prepare.common import (
-    SCAN_PATTERN,
-    SCANS,
-    Log,
-    check_output,
-    find_pairs,
-    load_nifti,
-    log_skipped,
-    raw_folder,
-    reading,
-)
+from mona.data.prepare.finding import SCAN_PATTERN, SCANS, find_pairs, log_skipped, raw_folder
 from mona.data.prepare.nnunet import prepare_partly_labeled
+from mona.data.prepare.reading import Log, load_nifti, reading
+from mona.data.prepare.writing import check_output
 from mona.errors import MonaError
 
 MAX_CLASSES = 256  # labels are stored as uint8

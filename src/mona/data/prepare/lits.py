@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mona.data.prepare.common import Log, NumberedLayout, identity_labels, prepare_numbered
+from mona.data.prepare.numbered import NumberedLayout, prepare_numbered
+from mona.data.prepare.reading import Log, identity_labels
 from mona.errors import MonaError
 
 CLASSES = ["background", "liver", "tumour"]

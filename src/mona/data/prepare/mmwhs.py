@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mona.data.prepare.common import Log, NumberedLayout, prepare_numbered
+from mona.data.prepare.numbered import NumberedLayout, prepare_numbered
+from mona.data.prepare.reading import Log
 from mona.errors import MonaError
 
 CLASSES = ["background", "LV", "RV", "LA", "RA", "Myo", "AAo", "PA"]

@@ -28,23 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mona.data.prepare.common import (
-    SCANS,
-    DatasetMeta,
-    Log,
-    canonical_spacing,
-    check_output,
-    find_pairs,
-    find_scans,
-    log_skipped,
-    percentile_window,
-    raw_folder,
-    read_raw,
-    scan_affine,
-    split_cases,
-    window_normalisation,
-    write_dataset,
-)
+from mona.data.prepare.finding import SCANS, find_pairs, find_scans, log_skipped, raw_folder
+from mona.data.prepare.normalise import percentile_window, window_normalisation
+from mona.data.prepare.reading import Log, canonical_spacing, read_raw, scan_affine
+from mona.data.prepare.splitting import split_cases
+from mona.data.prepare.writing import DatasetMeta, check_output, write_dataset
 from mona.data.ssl4mis import patient_of
 from mona.errors import MonaError
 
