@@ -11,6 +11,7 @@ from mona.methods.base import sigmoid_rampup
 
 # --- schedules -------------------------------------------------------------------------------
 
+
 def test_poly_lr():
     assert poly_lr(0.01, 0.0) == pytest.approx(0.01)
     assert poly_lr(0.01, 0.5) == pytest.approx(0.01 * 0.5**0.9)

@@ -82,7 +82,7 @@ class ABDSelfTrain(Method):
 
     def prepare(self, labeled, unlabeled, progress, generator):
         """The weak affine maps, the strong view's draws, the copy-paste box and the displacement's
-        per-image coins, on the batch's device, in the order the step drew them."""
+        per-image coins, on the batch's device, in the order the step uses them."""
         cfg, image = self.config, labeled["image"]
         batch, device = image.shape[0] + unlabeled["image"].shape[0], image.device
         theta = random_weak_affine(batch, generator)

@@ -84,7 +84,8 @@ class Method(nn.Module):
         A method that draws its random numbers here (tensors on the batch's device), and computes
         here what its schedule makes of `progress`, leaves a step that `torch.compile` holds in one
         graph: a compiled graph ends at each draw from a generator, and Python arithmetic on
-        `progress` recompiles the step (issue #48; supervised and mean teacher do so).
+        `progress` recompiles the step (issue #48). Every method does so but MONA's stage 2, whose
+        L_contrast draws as many numbers as its data gives it anchors.
         """
         return generator
 

@@ -28,8 +28,8 @@ class MeanTeacher(Method):
         self.seg_loss = SupervisedSegLoss()
 
     def prepare(self, labeled, unlabeled, progress, generator):
-        """The weak affine maps (labeled then unlabeled images) and the teacher's noise, drawn in the
-        order the step drew them before, and the consistency weight, on the batch's device."""
+        """The weak affine maps (labeled then unlabeled images), the teacher's noise and the consistency
+        weight, on the batch's device."""
         images_u = unlabeled["image"]
         theta = random_weak_affine(labeled["image"].shape[0] + images_u.shape[0], generator)
         noise_generator = device_generator(generator, images_u.device)
@@ -52,6 +52,7 @@ class MeanTeacher(Method):
         consistency = torch.mean((student_prob - teacher_prob) ** 2)
         loss = sup + prepared["weight"] * consistency
         return {"loss": loss, "sup": sup.detach(), "consistency": consistency.detach()}
+
 
 def stages(config: Config) -> list[Stage]:
     """One stage in the run folder itself."""
