@@ -25,7 +25,7 @@ CUTOUT[0:5, 0:6] = True
 def fixed_views(monkeypatch, without_weak_augmentation):
     without_weak_augmentation(abd_module)
     # no draws but the displacement's coins, which come first from the step's generator
-    monkeypatch.setattr(abd_module, "random_weak_affine", lambda batch, generator: torch.zeros(batch, 2, 3))
+    monkeypatch.setattr(abd_module, "draw_weak_affine", lambda batch, generator, device: None)
     monkeypatch.setattr(abd_module, "draw_abd_strong", lambda *args: None)
     monkeypatch.setattr(abd_module, "apply_abd_strong", lambda images, labels, draws: (
         1 - images, torch.where(CUTOUT, 0, labels)))

@@ -36,6 +36,11 @@ def random_weak_affine(batch: int, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([linear, torch.zeros(batch, 2, 1)], dim=2)
 
 
+def draw_weak_affine(batch: int, generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
+    """`random_weak_affine` on `device`: the maps a method's `prepare` draws for `warp_views` or `warp_affine`."""
+    return host_to_device(random_weak_affine(batch, generator), device)
+
+
 def warp_affine(
     theta: torch.Tensor, image: torch.Tensor, label: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -25,7 +25,7 @@ import torch
 from mona.augment.boxes import copy_paste_box, paste, random_boxes
 from mona.augment.displacement import adaptive_bidirectional_displacement
 from mona.augment.strong import apply_color_jitter, draw_color_jitter
-from mona.augment.weak import random_weak_affine, warp_views
+from mona.augment.weak import draw_weak_affine, warp_views
 from mona.config import ABDConfig, Config
 from mona.losses.copy_paste import CopyPasteLoss
 from mona.losses.masked_dice import MaskedDiceLoss
@@ -85,13 +85,13 @@ class ABDSelfTrain(Method):
         per-image coins, on the batch's device, in the order the step uses them."""
         cfg, image = self.config, labeled["image"]
         batch, device = image.shape[0] + unlabeled["image"].shape[0], image.device
-        theta = random_weak_affine(batch, generator)
+        weak = draw_weak_affine(batch, generator, device)
         strong = draw_abd_strong(generator, (batch, *image.shape[1:]), device, cfg.cutout_probability,
                                  cfg.jitter_strength)
         box = copy_paste_box(tuple(image.shape[-2:]), generator, cfg.box_fraction, device)
         mixed = 2 * (image.shape[0] // 2)  # each copy-paste pair: a's and b's mixed images
         adaptive = host_to_device(torch.rand(mixed, generator=generator) < cfg.adaptive_probability, device)
-        return {"weak": host_to_device(theta, device), "strong": strong, "box": box, "adaptive": adaptive}
+        return {"weak": weak, "strong": strong, "box": box, "adaptive": adaptive}
 
     def training_step(self, labeled, unlabeled, progress, prepared):
         cfg = self.config

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mona.augment.boxes import copy_paste_box, paste
-from mona.augment.weak import random_weak_affine, warp_affine, warp_views
+from mona.augment.weak import draw_weak_affine, warp_affine, warp_views
 from mona.config import ABDConfig, BCPConfig, Config
 from mona.evaluation.postprocess import keep_largest_component
 from mona.losses.copy_paste import CopyPasteLoss
@@ -68,9 +68,9 @@ class BCPPretrain(Method):
     def prepare(self, labeled, unlabeled, progress, generator):
         """The weak affine maps and the copy-paste box, on the batch's device."""
         image = labeled["image"]
-        theta = random_weak_affine(image.shape[0], generator)
+        weak = draw_weak_affine(image.shape[0], generator, image.device)
         box = copy_paste_box(tuple(image.shape[-2:]), generator, self.box_fraction, image.device)
-        return {"weak": host_to_device(theta, image.device), "box": box}
+        return {"weak": weak, "box": box}
 
     def training_step(self, labeled, unlabeled, progress, prepared):
         images, labels = warp_affine(prepared["weak"], labeled["image"], labeled["label"])
@@ -126,9 +126,9 @@ class BCPSelfTrain(Method):
     def prepare(self, labeled, unlabeled, progress, generator):
         """The weak affine maps (labeled then unlabeled images) and the copy-paste box, on the batch's device."""
         image = labeled["image"]
-        theta = random_weak_affine(image.shape[0] + unlabeled["image"].shape[0], generator)
+        weak = draw_weak_affine(image.shape[0] + unlabeled["image"].shape[0], generator, image.device)
         box = copy_paste_box(tuple(image.shape[-2:]), generator, self.box_fraction, image.device)
-        return {"weak": host_to_device(theta, image.device), "box": box}
+        return {"weak": weak, "box": box}
 
     def training_step(self, labeled, unlabeled, progress, prepared):
         images_l, labels_l, images_u = warp_views(prepared["weak"], labeled, unlabeled)

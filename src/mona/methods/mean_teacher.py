@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from mona.augment.weak import random_weak_affine, warp_views
+from mona.augment.weak import draw_weak_affine, warp_views
 from mona.config import Config, MeanTeacherConfig
 from mona.losses.supervised import SupervisedSegLoss
 from mona.methods.base import Method, Stage, sigmoid_rampup
@@ -31,11 +31,11 @@ class MeanTeacher(Method):
         """The weak affine maps (labeled then unlabeled images), the teacher's noise and the consistency
         weight, on the batch's device."""
         images_u = unlabeled["image"]
-        theta = random_weak_affine(labeled["image"].shape[0] + images_u.shape[0], generator)
+        weak = draw_weak_affine(labeled["image"].shape[0] + images_u.shape[0], generator, images_u.device)
         noise_generator = device_generator(generator, images_u.device)
         noise = torch.randn(images_u.shape, generator=noise_generator, device=images_u.device)
         weight = torch.tensor(self.config.consistency * sigmoid_rampup(progress, self.config.rampup))
-        return {"weak": host_to_device(theta, images_u.device), "noise": noise,
+        return {"weak": weak, "noise": noise,
                 "weight": host_to_device(weight, images_u.device)}
 
     def training_step(self, labeled, unlabeled, progress, prepared):

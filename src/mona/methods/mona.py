@@ -21,7 +21,7 @@ from torch import nn
 
 from mona.augment.strong import StrongAugment, apply_photometric, draw_photometric, photometric_view
 from mona.augment.warp import random_equivariance_warp
-from mona.augment.weak import random_weak_affine, resize_images, resize_labels, warp_views, weak_views
+from mona.augment.weak import draw_weak_affine, resize_images, resize_labels, warp_views, weak_views
 from mona.config import Config, MonaConfig
 from mona.losses import (
     AnatomicalContrastLoss,
@@ -36,7 +36,6 @@ from mona.losses import (
 from mona.methods.base import Method, Stage, frozen_copy, sigmoid_rampup
 from mona.models.heads import LocalHead, ProjectionMLP, RepresentationHead
 from mona.models.unet import frozen_batchnorm_statistics
-from mona.randomness import host_to_device
 
 
 class MonaPretrain(Method):
@@ -85,8 +84,8 @@ class MonaPretrain(Method):
     def prepare(self, labeled, unlabeled, progress, generator):
         """The weak affine maps and the teacher view's photometric draws, on the batch's device."""
         batch, device = labeled["image"].shape[0] + unlabeled["image"].shape[0], labeled["image"].device
-        theta = random_weak_affine(batch, generator)
-        return {"weak": host_to_device(theta, device), "photometric": draw_photometric(generator, batch, device)}
+        weak = draw_weak_affine(batch, generator, device)
+        return {"weak": weak, "photometric": draw_photometric(generator, batch, device)}
 
     def training_step(self, labeled, unlabeled, progress, prepared):
         images_l, labels_l, images_u = warp_views(prepared["weak"], labeled, unlabeled)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from mona.augment.weak import random_weak_affine, warp_affine
+from mona.augment.weak import draw_weak_affine, warp_affine
 from mona.config import Config
 from mona.losses.supervised import SupervisedSegLoss
 from mona.methods.base import Method, Stage
-from mona.randomness import host_to_device
 
 
 class Supervised(Method):
@@ -18,7 +17,7 @@ class Supervised(Method):
 
     def prepare(self, labeled, unlabeled, progress, generator):
         """The weak affine maps, on the batch's device."""
-        return host_to_device(random_weak_affine(labeled["image"].shape[0], generator), labeled["image"].device)
+        return draw_weak_affine(labeled["image"].shape[0], generator, labeled["image"].device)
 
     def training_step(self, labeled, unlabeled, progress, prepared):
         image, label = warp_affine(prepared, labeled["image"], labeled["label"])

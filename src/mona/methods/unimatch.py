@@ -26,12 +26,11 @@ import torch
 
 from mona.augment.boxes import paste, random_boxes
 from mona.augment.strong import apply_color_jitter, apply_gaussian_blur, draw_color_jitter, draw_gaussian_blur
-from mona.augment.weak import random_weak_affine, warp_views
+from mona.augment.weak import draw_weak_affine, warp_views
 from mona.config import Config, UniMatchConfig
 from mona.losses.masked_dice import MaskedDiceLoss
 from mona.losses.supervised import SupervisedSegLoss
 from mona.methods.base import Method, Stage
-from mona.randomness import host_to_device
 
 
 def quantise(image: torch.Tensor) -> torch.Tensor:
@@ -75,10 +74,10 @@ class UniMatch(Method):
         twice) and the two CutMix box sets, on the batch's device, in the order UniMatch's step uses them."""
         n_labeled, n_all_u = labeled["image"].shape[0], unlabeled["image"].shape[0]
         device, size = unlabeled["image"].device, tuple(unlabeled["image"].shape[-2:])
-        theta = random_weak_affine(n_labeled + n_all_u, generator)
+        weak = draw_weak_affine(n_labeled + n_all_u, generator, device)
         strong = draw_unimatch_strong(generator, 2 * n_all_u, device)
         boxes = [random_boxes(n_all_u // 2, size, generator, p=0.5, device=device) for _ in range(2)]
-        return {"weak": host_to_device(theta, device), "strong": strong, "boxes": boxes}
+        return {"weak": weak, "strong": strong, "boxes": boxes}
 
     def training_step(self, labeled, unlabeled, progress, prepared):
         cfg = self.config
