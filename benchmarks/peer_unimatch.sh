@@ -4,7 +4,8 @@
 # Usage: [EPOCHS=19 UNLABELED_LINES=0] peer_unimatch.sh UNIMATCH_GIT_DIR DATA_DIR OUT [LABELED]
 #   UNIMATCH_GIT_DIR  a clone or mirror of LiheYoung/UniMatch (e.g. the search tool's `fetch`); commit 0324f3d is read
 #   DATA_DIR          ACDC in the SSL4MIS layout
-#   OUT               a new folder: the peer's code, its run and its log (OUT/run.log)
+#   OUT               a new folder: the peer's code, its run and its log (OUT/run.log); an OUT of an
+#                     interrupted run resumes it (the script restarts at the epoch after its last exp/latest.pth)
 #   EPOCHS            19 epochs of floor(N_u / 4) steps: 5909 iterations at 3 patients (~6000, as cpu-small)
 #   UNLABELED_LINES   keep only the first N unlabeled slices (0 = all): a short check of the shim
 # Then: python benchmarks/peer_curves.py OUT/run.log RUN --iterations-per-epoch 311   (3 patients: 1244 // 4)
@@ -21,7 +22,15 @@ set -eu
 REPO=$1; DATA=$(cd "$2" && pwd); OUT=$3; LABELED=${4:-3}
 COMMIT=0324f3dd4a22128105a5eb135d2586c0bb3cc647
 . "$(dirname "$0")/peer_venv.sh"  # sets PV
-mkdir "$OUT"; OUT=$(cd "$OUT" && pwd)
+if [ -f "$OUT/more-scenarios/medical/configs/acdc_cpu_small.yaml" ]; then
+  RESUME=1; OUT=$(cd "$OUT" && pwd)
+else
+  RESUME=0; mkdir "$OUT"; OUT=$(cd "$OUT" && pwd)
+fi
+SPLIT=splits/acdc/$LABELED
+UNLABELED=$SPLIT/unlabeled.txt
+[ "${UNLABELED_LINES:-0}" != 0 ] && UNLABELED=unlabeled_short.txt
+if [ $RESUME = 0 ]; then  # first start: the code, the shim and the config
 git -C "$REPO" archive "$COMMIT" more-scenarios/medical 2>/dev/null | tar -x -C "$OUT"
 cd "$OUT/more-scenarios/medical"
 [ -f unimatch.py ] || { echo "no more-scenarios/medical/unimatch.py at $COMMIT in $REPO" >&2; exit 1; }
@@ -50,15 +59,13 @@ class ColorJitter:
             image = enhance(image).enhance(random.uniform(1 - strength, 1 + strength))
         return image
 PY
-SPLIT=splits/acdc/$LABELED
-if [ "${UNLABELED_LINES:-0}" != 0 ]; then
-  head -n "$UNLABELED_LINES" "$SPLIT/unlabeled.txt" > unlabeled_short.txt; UNLABELED=unlabeled_short.txt
-else
-  UNLABELED=$SPLIT/unlabeled.txt
-fi
+[ "${UNLABELED_LINES:-0}" != 0 ] && head -n "$UNLABELED_LINES" "$SPLIT/unlabeled.txt" > unlabeled_short.txt
 sed -e "s#^data_root:.*#data_root: $DATA#" -e 's/^crop_size:.*/crop_size: 128/' -e 's/^batch_size:.*/batch_size: 4/' \
     -e "s/^epochs:.*/epochs: ${EPOCHS:-19}/" configs/acdc.yaml > configs/acdc_cpu_small.yaml
+else
+  cd "$OUT/more-scenarios/medical"
+fi
 RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=localhost MASTER_PORT=${MASTER_PORT:-29571} OMP_NUM_THREADS=1 \
   "$PV/bin/python" unimatch.py --config configs/acdc_cpu_small.yaml --labeled-id-path "$SPLIT/labeled.txt" \
-  --unlabeled-id-path "$UNLABELED" --save-path "$OUT/exp" > "$OUT/run.log" 2>&1
+  --unlabeled-id-path "$UNLABELED" --save-path "$OUT/exp" >> "$OUT/run.log" 2>&1
 echo "done: $OUT/run.log"
