@@ -284,3 +284,26 @@ def test_the_python_api_gives_the_quality_the_cli_wrote(reported):
     written = {row["case"]: row["quality"] for row in csv.DictReader(open(tmp / "out" / "quality.csv"))}
     assert f"{assessment.quality:.4f}" == written[first]
     assert assessment.uncertainty.shape == found.labels.shape
+
+
+def test_a_form_without_perturbed_parts_is_scored_without_the_extra_passes(reported, monkeypatch):
+    _, tmp, run, (first, _), _ = reported
+    import mona
+
+    predictor = mona.load_predictor(run)
+    estimator = mona.load_quality_estimator(predictor, run)
+    scan = nib.load(tmp / "in" / f"{first}.nii.gz")
+    found = predictor.segmentation(scan.get_fdata(), affine=scan.affine)
+    dice = [row["dice"] for row in estimator.val]
+    needs = {"expected Dice": True, "raw agreement": True, "agreement + plausibility": True,
+             "line on class confidence": False, "line on confidence": False}
+    for form, expected in needs.items():
+        estimator.model = QualityModel.fit_form(form, FORMS[form], estimator.val, dice)
+        assert estimator.model.needs_perturbations is expected
+        full = estimator.assess(found, first).quality
+        if not expected:  # the cheap path must not run a perturbed pass, and must give the same number
+            with monkeypatch.context() as patch:
+                patch.setattr(quality_module, "perturbed_predictions", lambda *a, **k: pytest.fail("perturbed"))
+                assert estimator.quality(found) == full
+        else:
+            assert estimator.quality(found) == full

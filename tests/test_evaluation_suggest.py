@@ -30,6 +30,7 @@ def test_suggest_ranks_the_unlabeled_cases_into_a_csv_and_a_page(teacher_run, tm
     assert {row["patient"] for row in rows[:2]} == {"phantom003", "phantom004"}
     assert all(row["case"].startswith(row["patient"] + "_frame") for row in rows)
     assert float(rows[0]["quality"]) <= float(rows[1]["quality"])
+    assert all(row["agreement"] and row["tta"] and row["teacher"] for row in rows)  # every part of a suggestion
     text = (out / "index.html").read_text()
     assert re.findall(r"<h3>([^:<]+): expected Dice", text) == [row["case"] for row in rows]
     assert "<figcaption>uncertainty</figcaption>" in text and "<figcaption>truth</figcaption>" not in text

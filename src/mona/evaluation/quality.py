@@ -66,6 +66,7 @@ PRESENT = 0.9  # a class present in at least this share of the training volumes 
 PERTURBATIONS = ("tta", "mc", "teacher")
 PLAUSIBILITY = ("missing", "fragments", "share", "contacts")
 PARTS = ("agreement", *PERTURBATIONS, *PLAUSIBILITY, "expected", "class_confidence", "confidence", "entropy")
+PERTURBED = ("agreement", *PERTURBATIONS, "expected")  # the parts that need the perturbed predictions
 # Candidate forms and the parts they read, simplest first (ties keep the simpler). The `UNFITTED` are
 # used as they are: the expected Dice, or the agreement times (1 - missing), as it is or scaled by the
 # least-squares factor through the origin on val; the others are ridge fits on their parts.
@@ -231,28 +232,31 @@ class Anatomy:
                 "share": float(np.mean(np.minimum(z, 5.0)) / 5.0), "contacts": float(distance)}
 
 
-def case_parts(mask: np.ndarray, probabilities: torch.Tensor, perturbed: Perturbed,
-               anatomy: Anatomy) -> tuple[dict[str, float], np.ndarray]:
+def case_parts(mask: np.ndarray, probabilities: torch.Tensor, perturbed: Perturbed | None,
+               anatomy: Anatomy) -> tuple[dict[str, float], np.ndarray | None]:
     """The parts of a case (module docstring) and its per-voxel uncertainty (D, H, W) float32: the share
     of perturbed predictions whose label differs from the (D, H, W) `mask`. `probabilities` (C, D, H, W)
-    are the network's, from which the mask was taken."""
+    are the network's, from which the mask was taken. Without `perturbed`: the other parts, and no map."""
     num_classes = probabilities.shape[0]
     parts: dict[str, float] = {}
-    for group, labels in perturbed.labels.items():
-        parts[group] = float(np.mean([dice_per_class(mask, other, num_classes).mean() for other in labels]))
-    parts["agreement"] = float(np.mean([parts[group] for group in perturbed.labels]))
+    if perturbed is not None:
+        for group, labels in perturbed.labels.items():
+            parts[group] = float(np.mean([dice_per_class(mask, other, num_classes).mean() for other in labels]))
+        parts["agreement"] = float(np.mean([parts[group] for group in perturbed.labels]))
+        if perturbed.mc_probabilities is not None:
+            parts["expected"] = soft_dice(mask, perturbed.mc_probabilities)
     parts.update(anatomy.plausibility(mask))
-    if perturbed.mc_probabilities is not None:
-        parts["expected"] = soft_dice(mask, perturbed.mc_probabilities)
     top = probabilities.max(0).values.numpy()
     parts["class_confidence"] = float(np.mean([top[mask == c].mean() if (mask == c).any() else 0.0
                                                for c in range(1, num_classes)]))
     parts["confidence"] = float(top[mask > 0].mean()) if (mask > 0).any() else 0.0
     entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum(0).mean()
     parts["entropy"] = float(entropy / np.log(num_classes))
+    parts = {name: parts[name] for name in PARTS if name in parts}
+    if perturbed is None:
+        return parts, None
     others = [labels for group in perturbed.labels.values() for labels in group]
-    uncertainty = np.mean([other != mask for other in others], axis=0, dtype=np.float32)
-    return {name: parts[name] for name in PARTS if name in parts}, uncertainty
+    return parts, np.mean([other != mask for other in others], axis=0, dtype=np.float32)
 
 
 def _unfitted(form: str, parts: dict[str, float]) -> float:
@@ -289,6 +293,11 @@ class QualityModel:
     coef: tuple[float, ...] = ()
     intercept: float = 0.0
     forms: dict | None = None
+
+    @property
+    def needs_perturbations(self) -> bool:
+        """Whether the form reads a part of the perturbed predictions (12-13 extra network passes a case)."""
+        return bool(set(FORMS.get(self.form, ()) if self.form in UNFITTED else self.features) & set(PERTURBED))
 
     def predict(self, parts: dict[str, float]) -> float:
         if not self.features:
@@ -377,6 +386,13 @@ class QualityEstimator:
     def assess(self, found, case: str) -> Assessment:
         parts, uncertainty = self.parts(found)
         return Assessment({"case": case, "quality": self.model.predict(parts), **parts}, uncertainty)
+
+    def quality(self, found) -> float:
+        """`assess(found).quality`, without the perturbed predictions where the form does not read them
+        (a ranking of many cases, as `mona suggest`'s, then costs one network pass a case)."""
+        if self.model.needs_perturbations:
+            return self.model.predict(self.parts(found)[0])
+        return self.model.predict(case_parts(found.labels, found.probabilities, None, self.anatomy)[0])
 
 
 def teacher_network(state: dict, path: Path, device: torch.device) -> torch.nn.Module | None:

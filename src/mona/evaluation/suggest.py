@@ -2,7 +2,9 @@
 
 Each training case outside the run's labeled budget (mona.json's `unlabeled_cases`, and the volumes
 of `train_slices.list` beyond the budget, their slices stacked in slice order) is segmented by the
-run's best checkpoint and given its quality estimate (`mona.evaluation.quality`, fitted on val).
+run's best checkpoint and given its quality estimate (`mona.evaluation.quality`, fitted on val): one
+network pass a case where the estimate's form reads no part of the perturbed predictions, and only the
+suggested cases are then assessed in full (every part, the uncertainty map).
 The ranking is by expected Dice, lowest first, with diversity: one case per patient first (patient =
 the case name before its `_frameNN` suffix, or the case itself), then a second per patient, and so
 on, so the first N suggestions are not N frames of one patient. Why the lowest expected Dice: a case
@@ -66,17 +68,19 @@ def suggest(run_dir: str | Path, out: str | Path, count: int = 10, device: str =
             raise MonaError(f"the slices of {case} differ in shape", root / "data" / "slices") from None
         return predictor.predict_prepared(image)
 
-    rows = [estimator.assess(segment(case), case).row
+    rows = [{"case": case, "quality": estimator.quality(segment(case))}
             for case in tqdm(candidates, desc="assessing", unit="case", disable=not progress, leave=False)]
-    ranked = [{"rank": rank, "patient": patient_of(row["case"]), **row}
-              for rank, row in enumerate(diverse_order(rows)[:count], start=1)]
+    ranked, browsers = [], {}
+    for rank, row in enumerate(diverse_order(rows)[:count], start=1):
+        # predicted again, with every part and the uncertainty map: keeping every case's volumes would not
+        # fit in memory on large sets, and the ranking needs only the parts the estimate reads
+        found = segment(row["case"])
+        assessment = estimator.assess(found, row["case"])
+        ranked.append({"rank": rank, "patient": patient_of(row["case"]), **assessment.row})
+        browsers[row["case"]] = case_browser(ranked[-1], found.image, found.labels, assessment.uncertainty,
+                                             predictor.class_names)
     write_csv([{"rank": r["rank"], "case": r["case"], **r} for r in ranked], out / "suggest.csv", columns=None,
               decimals=4)
-    browsers = {}
-    for row in ranked:  # predicted again: keeping every case's volumes would not fit in memory on large sets
-        found = segment(row["case"])
-        browsers[row["case"]] = case_browser(row, found.image, found.labels, estimator.assess(found, "").uncertainty,
-                                             predictor.class_names)
     write_case_page(out / "index.html", f"mona suggest: the {len(ranked)} cases to annotate next",
                     [f"run {run_dir}, {predictor.checkpoint} (iteration {predictor.iteration})",
                      f"ranked among {len(candidates)} unlabeled training cases, lowest expected Dice first, one case "
