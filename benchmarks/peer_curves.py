@@ -74,8 +74,13 @@ def main() -> None:
     out = []
     for (name, mine), theirs in zip(ours, peers):
         print(f"\n{name or 'run'}: val Dice % (iteration, peer | mona | mona - peer)")
+        steps = np.diff(sorted(mine))
+        reach = (steps.min() if len(steps) else max(mine, default=0)) / 2  # a mona point pairs within half a step
         for iteration in sorted(theirs) if mine else ():  # a stage just begun has no val record yet
             nearest = min(mine, key=lambda i: abs(i - iteration))
+            if abs(nearest - iteration) > reach:
+                print(f"{iteration:>6} {100 * theirs[iteration]:6.1f}      -        (mona not there yet)")
+                continue
             print(f"{iteration:>6} {100 * theirs[iteration]:6.1f} {100 * mine[nearest]:6.1f} "
                   f"{100 * (mine[nearest] - theirs[iteration]):+6.1f}" + (f" (mona at {nearest})"
                                                                         if nearest != iteration else ""))
@@ -89,7 +94,8 @@ def main() -> None:
             (peer_best, peer_late), (our_best, our_late) = summary(theirs), summary(mine)
             print(f"{name}: best {100 * peer_best:.1f} | {100 * our_best:.1f} ({100 * (our_best - peer_best):+.1f}); "
                   f"mean of the last third {100 * peer_late:.1f} | {100 * our_late:.1f} "
-                  f"({100 * (our_late - peer_late):+.1f})")
+                  f"({100 * (our_late - peer_late):+.1f})" + ("" if max(mine) >= max(theirs) - reach else
+                                                             f"; peer to {max(theirs)}, mona to {max(mine)} so far"))
             row.update(peer_best=peer_best, mona_best=our_best, peer_late=peer_late, mona_late=our_late)
         out.append(row)
     if args.json:
