@@ -297,7 +297,7 @@ class QualityModel:
     @property
     def needs_perturbations(self) -> bool:
         """Whether the form reads a part of the perturbed predictions (12-13 extra network passes a case)."""
-        return bool(set(FORMS.get(self.form, ()) if self.form in UNFITTED else self.features) & set(PERTURBED))
+        return bool(set(FORMS[self.form] if self.form in UNFITTED else self.features) & set(PERTURBED))
 
     def predict(self, parts: dict[str, float]) -> float:
         if not self.features:
@@ -366,11 +366,13 @@ class QualityEstimator:
     model: QualityModel
     val: list[dict]  # the val cases the model was fitted on: case, dice and parts
 
-    def parts(self, found) -> tuple[dict[str, float], np.ndarray]:
-        """`case_parts` of a `mona.evaluation.predict.Segmentation` of this predictor."""
+    def parts(self, found, perturb: bool = True) -> tuple[dict[str, float], np.ndarray | None]:
+        """`case_parts` of a `mona.evaluation.predict.Segmentation` of this predictor (without `perturb`: no
+        perturbed predictions, so neither their parts nor the uncertainty map)."""
         p = self.predictor
         perturbed = perturbed_predictions(p.model, found.image, p.image_size, p.device, teacher=self.teacher,
-                                          batch_size=p.batch_size, amp=p.amp, largest_component=p.largest_component)
+                                          batch_size=p.batch_size, amp=p.amp,
+                                          largest_component=p.largest_component) if perturb else None
         return case_parts(found.labels, found.probabilities, perturbed, self.anatomy)
 
     def score(self, volumes: Iterable, desc: str = "scoring", progress: bool = False) -> list[dict]:
@@ -390,9 +392,7 @@ class QualityEstimator:
     def quality(self, found) -> float:
         """`assess(found).quality`, without the perturbed predictions where the form does not read them
         (a ranking of many cases, as `mona suggest`'s, then costs one network pass a case)."""
-        if self.model.needs_perturbations:
-            return self.model.predict(self.parts(found)[0])
-        return self.model.predict(case_parts(found.labels, found.probabilities, None, self.anatomy)[0])
+        return self.model.predict(self.parts(found, perturb=self.model.needs_perturbations)[0])
 
 
 def teacher_network(state: dict, path: Path, device: torch.device) -> torch.nn.Module | None:
