@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 from kornia.geometry.transform import get_tps_transform, warp_points_tps
 
@@ -50,9 +52,48 @@ def test_pure_tps_matches_kornia_at_full_resolution():
     src = torch.stack([xs, ys], dim=-1).reshape(1, -1, 2).expand(2, -1, -1)
     dst = src + uniform(torch.Generator().manual_seed(4), (2, 25, 2), -2 * jitter, 2 * jitter, "cpu")
     base = identity_grid(2, (height, width), "cpu")
-    full = warp_points_tps(base.reshape(2, -1, 2), src, *get_tps_transform(dst, src)).reshape(2, height, width, 2)
+    full = warp_points_tps(base.reshape(2, -1, 2), dst, *get_tps_transform(dst, src)).reshape(2, height, width, 2)
     error_px = ((warp.grid - full) * torch.tensor([width / 2, height / 2])).abs().max()
     assert error_px < 0.1 and ((full - base) * width / 2).abs().max() > 1.0
+
+
+def _reference_spline(centres: np.ndarray, targets: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """The thin-plate spline f with f(centres[i]) = targets[i] (kernel r^2 log r plus an affine part,
+    solved directly in float64), evaluated at `points` (N, 2)."""
+    def kernel(a, b):
+        r2 = ((a[:, None] - b[None]) ** 2).sum(-1)
+        return np.where(r2 > 0, 0.5 * r2 * np.log(np.where(r2 > 0, r2, 1.0)), 0.0)
+
+    n = len(centres)
+    affine = np.hstack([np.ones((n, 1)), centres])
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n], system[:n, n:], system[n:, :n] = kernel(centres, centres), affine, affine.T
+    weights = np.linalg.solve(system, np.vstack([targets, np.zeros((3, 2))]))
+    return kernel(points, centres) @ weights[:n] + np.hstack([np.ones((len(points), 1)), points]) @ weights[n:]
+
+
+@pytest.mark.parametrize("kernel_centres", ["moved", "regular"])
+def test_tps_is_the_spline_that_maps_each_moved_point_onto_its_regular_one(kernel_centres):
+    """L_eqv's T against a float64 thin-plate spline solved from its control points: with the kernels
+    on the moved points (the default) the warp is that spline; on the regular grid (the earlier runs,
+    kornia#6404) it is not, and moves pixels further."""
+    size, jitter = 48, 0.03
+    warp = random_equivariance_warp(torch.Generator().manual_seed(2), 1, size, "cpu", rotation=0.0,
+                                    scale=(1.0, 1.0), translation=0.0, mirror_p=0.0, jitter=jitter,
+                                    kernel_centres=kernel_centres)
+    side = np.linspace(-1.0, 1.0, 5)
+    ys, xs = np.meshgrid(side, side, indexing="ij")
+    regular = np.stack([xs, ys], -1).reshape(-1, 2)
+    moved = regular + uniform(torch.Generator().manual_seed(2), (1, 25, 2), -2 * jitter, 2 * jitter,
+                              "cpu")[0].double().numpy()
+    base = identity_grid(1, size, "cpu")[0].reshape(-1, 2).double().numpy()
+    expected = _reference_spline(moved, regular, base)
+    np.testing.assert_allclose(_reference_spline(moved, regular, moved), regular, atol=1e-9)
+    error = np.abs(warp.grid[0].reshape(-1, 2).double().numpy() - expected).max()
+    if kernel_centres == "moved":
+        assert error < 1e-4
+    else:
+        assert error > 0.01 and np.abs(warp.grid[0].reshape(-1, 2).numpy() - base).max() > np.abs(expected - base).max()
 
 
 def test_mirror_only_flips_horizontally():

@@ -37,6 +37,7 @@ SPEC = {  # MONA_SPEC sections 2-4
     "pretrain": True, "tailness": True, "consistency": True, "diversity": True, "strong_aug": True,
     # the spec's readings of issue 21 (docs/method.md)
     "local_queue_size": 0, "eqv_labeled": True, "entropy_split": "spec", "diffeomorphism": "advmorph",
+    "eqv_tps_centres": "moved",
 }
 
 
@@ -103,7 +104,7 @@ class _Pointwise(nn.Module):
         return SimpleNamespace(logits=self.conv(x))
 
 
-def _pixel_permutation(generator, batch, size, device):
+def _pixel_permutation(generator, batch, size, device, **warp_settings):
     """A random mirror / transpose per image, sampling exactly at pixel centres (size a power of 2)."""
     grid = identity_grid(batch, size, device).clone()
     for b in range(batch):

@@ -99,6 +99,8 @@ class MonaConfig:
     eqv_confidence: float = 0.7
     eqv_pixels: str = "foreground"  # foreground (spec: pseudo-label != 0) | confident (every class) | balanced
     eqv_labeled: bool = True  # L_eqv on labeled slices too, masked by their truth (spec); false = unlabeled only
+    eqv_tps_centres: str = "moved"  # L_eqv's thin-plate spline evaluated with its kernels on the moved control
+    # points (the spline fitted) | regular (on the regular grid: every run before 2026-12-08; kornia#6404, docs/method.md)
     entropy_split: str = "spec"  # L_contrast: spec (U2PL: alpha_t % most certain/uncertain unlabeled pixels,
     # labeled pixels not gated) | one_cut (the earlier reading: one cut at the (100 - alpha_t) percentile, all pixels)
     diffeomorphism: str = "advmorph"  # strong view: advmorph (advchain's epsilon 1.5, ~1.5 px RMS at 256 px) |
@@ -262,7 +264,7 @@ def load_config(sources: list[str | Path] = (), overrides: list[str] = (), base:
 # re-read run stays the run it was (the spec-faithful MONA defaults of 2026-11-30).
 ADDED_KEYS: dict[str, Any] = {
     "mona.local_queue_size": 36, "mona.entropy_split": "one_cut", "mona.diffeomorphism": "rms_cells",
-    "mona.eqv_labeled": False,
+    "mona.eqv_labeled": False, "mona.eqv_tps_centres": "regular",
 }
 
 
@@ -323,6 +325,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"), "train.amp_dtype": ("bf16", "fp16"),
     "mona.stage": ("both", "pretrain", "finetune"), "mona.eqv_pixels": ("foreground", "confident", "balanced"),
     "mona.entropy_split": ("spec", "one_cut"), "mona.diffeomorphism": ("advmorph", "rms_cells"),
+    "mona.eqv_tps_centres": ("moved", "regular"),
     "bcp.background_dice": ("masked", "unmasked"), "abd.background_dice": ("masked", "unmasked"),
 }
 

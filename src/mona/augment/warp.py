@@ -10,6 +10,7 @@ Grids are always float32 (bf16 coordinates are off by up to half a pixel at 256x
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,10 @@ from kornia.geometry import create_meshgrid
 from kornia.geometry.transform import get_tps_transform, warp_points_tps
 
 from mona.randomness import host_to_device
+
+# kornia 0.9 warns on every `get_tps_transform` call that its kernels sit on its first argument (kornia#6404);
+# `random_equivariance_warp` centres them there (unless asked for the earlier runs' centres, knowingly)
+warnings.filterwarnings("ignore", message="`get_tps_transform` centres its kernels", category=FutureWarning)
 
 TPS_POINTS = 64
 """The TPS displacement is evaluated on at most TPS_POINTS per axis and upsampled bilinearly (see below)."""
@@ -96,6 +101,7 @@ def random_equivariance_warp(
     mirror_p: float = 0.5,
     control_points: int = 5,
     jitter: float = 0.01,
+    kernel_centres: str = "moved",
 ) -> Warp:
     """The random warp W of MONA's equivariance loss (spec section 4, L_eqv): one per sample.
 
@@ -109,8 +115,13 @@ def random_equivariance_warp(
     upsampled bilinearly: at 256x256 that is 16x fewer kernel evaluations for an error of
     about 0.03 pixel (exact for sizes up to TPS_POINTS and at zero jitter). Both are folded
     into one grid, so W costs a single `grid_sample` per tensor and is identical for images,
-    softmax maps, labels and confidences.
+    softmax maps, labels and confidences. `kernel_centres` "moved" evaluates the spline with its
+    kernels where it was fitted, on the moved points, so that T maps each onto its regular point;
+    "regular" evaluates it with kernels on the regular grid, as every MONA run before 2026-12-08
+    did: a smooth warp, but not that spline, moving pixels 2-2.5x further (docs/method.md).
     """
+    if kernel_centres not in ("moved", "regular"):
+        raise ValueError(f"kernel_centres must be 'moved' or 'regular', not {kernel_centres!r}")
     height, width = as_size(size)
     base = identity_grid(batch, (height, width), device)
 
@@ -122,7 +133,8 @@ def random_equivariance_warp(
     coarse = [min(n, TPS_POINTS) for n in (height, width)]
     cy, cx = (torch.linspace(-1 + 1 / n, 1 - 1 / n, c, device=device) for n, c in zip((height, width), coarse))
     coarse_base = torch.stack(torch.meshgrid(cx, cy, indexing="xy"), dim=-1).reshape(1, -1, 2).expand(batch, -1, -1)
-    coarse_shift = warp_points_tps(coarse_base, src, kernel_weights, affine_weights) - coarse_base
+    centres = dst if kernel_centres == "moved" else src
+    coarse_shift = warp_points_tps(coarse_base, centres, kernel_weights, affine_weights) - coarse_base
     shift_map = coarse_shift.reshape(batch, *coarse, 2).permute(0, 3, 1, 2)
     tps_shift = F.interpolate(shift_map, size=(height, width), mode="bilinear", align_corners=True)
     points = base + tps_shift.permute(0, 2, 3, 1)

@@ -156,7 +156,8 @@ class MonaFinetune(Method):
         averages per class, then over classes (docs/method.md). Its two extra student forwards
         leave BatchNorm's running statistics alone (`frozen_batchnorm_statistics`).
         """
-        warp = random_equivariance_warp(generator, images.shape[0], images.shape[-2:], images.device)
+        warp = random_equivariance_warp(generator, images.shape[0], images.shape[-2:], images.device,
+                                        kernel_centres=self.config.eqv_tps_centres)
         second_view = photometric_view(images, generator)
         with frozen_batchnorm_statistics(self.model):
             with torch.no_grad():
