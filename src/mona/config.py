@@ -100,7 +100,7 @@ class MonaConfig:
     eqv_pixels: str = "foreground"  # foreground (spec: pseudo-label != 0) | confident (every class) | balanced
     eqv_labeled: bool = True  # L_eqv on labeled slices too, masked by their truth (spec); false = unlabeled only
     eqv_tps_centres: str = "moved"  # L_eqv's thin-plate spline evaluated with its kernels on the moved control
-    # points (the spline fitted) | regular (on the regular grid: every run before 2026-12-08; kornia#6404, docs/method.md)
+    # points (the spline fitted) | regular (on the regular grid: runs before 2026-12-08; kornia#6404, docs/method.md)
     entropy_split: str = "spec"  # L_contrast: spec (U2PL: alpha_t % most certain/uncertain unlabeled pixels,
     # labeled pixels not gated) | one_cut (the earlier reading: one cut at the (100 - alpha_t) percentile, all pixels)
     diffeomorphism: str = "advmorph"  # strong view: advmorph (advchain's epsilon 1.5, ~1.5 px RMS at 256 px) |
